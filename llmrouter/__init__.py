@@ -1,0 +1,3 @@
+"""llmrouter: a fast, local-first LLM router."""
+
+__version__ = "0.1.0"

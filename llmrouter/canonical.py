@@ -1,0 +1,342 @@
+"""The canonical model: one shape for every request, reply and stream event.
+
+Client formats parse into these types and upstream formats are built from
+them, so each wire format is translated once, to and from this module, instead
+of once per pair. Pure data: no I/O, no logging.
+
+Parts of a message:
+  Text       plain text
+  Image      base64 `data` with `media_type`, or a remote `url`
+  ToolCall   a call the assistant made; `arguments` is the JSON text, kept as
+             text so that streamed argument deltas reassemble byte for byte
+  ToolResult the answer to a tool call, as text and/or images
+  Opaque     a block only its own format understands (Anthropic `thinking`,
+             `redacted_thinking`, …): kept when client and upstream share that
+             format, dropped (with a debug line) otherwise
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+STOP_REASONS = ("end_turn", "max_tokens", "tool_use", "stop_sequence", "other")
+
+
+@dataclass
+class Text:
+    text: str
+
+
+@dataclass
+class Image:
+    media_type: str | None = None
+    data: str | None = None  # base64, without the data: prefix
+    url: str | None = None  # a remote URL (only passed to upstreams that accept URLs)
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str = "{}"  # JSON text
+
+
+@dataclass
+class ToolResult:
+    tool_call_id: str
+    content: list[Text | Image] = field(default_factory=list)
+    is_error: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(p.text for p in self.content if isinstance(p, Text))
+
+
+@dataclass
+class Opaque:
+    format: str  # the wire format that produced it, e.g. "anthropic"
+    data: dict[str, Any]
+
+
+Part = Union[Text, Image, ToolCall, ToolResult, Opaque]
+
+
+@dataclass
+class Message:
+    role: str  # "user" | "assistant"
+    content: list[Part]
+
+    @property
+    def text(self) -> str:
+        return "".join(p.text for p in self.content if isinstance(p, Text))
+
+
+@dataclass
+class Tool:
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+
+    def to_json(self) -> dict[str, int]:
+        out = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        if self.cache_read_tokens is not None:
+            out["cache_read_tokens"] = self.cache_read_tokens
+        if self.cache_write_tokens is not None:
+            out["cache_write_tokens"] = self.cache_write_tokens
+        return out
+
+
+@dataclass
+class Request:
+    """A chat request, whatever format it arrived in."""
+
+    model: str
+    messages: list[Message]
+    system: str | None = None
+    tools: list[Tool] = field(default_factory=list)
+    # "auto" | "none" | "required" | {"name": tool name}; None = not given
+    tool_choice: str | dict[str, str] | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    stream: bool = False
+    # None, {"type": "json_object"} or {"type": "json_schema", "name", "schema", "strict"}
+    response_format: dict[str, Any] | None = None
+    include_usage: bool = False  # OpenAI stream_options.include_usage
+    plugins: list[dict[str, Any]] = field(default_factory=list)  # never forwarded
+    # Format-specific fields kept only for an upstream of the same format,
+    # e.g. Anthropic thinking / output_config / metadata, forwarded headers.
+    extras: dict[str, Any] = field(default_factory=dict)
+    client_format: str = "openai"
+    raw: dict[str, Any] | None = None  # the client's body, for same-format passthrough
+    tags: list[str] = field(default_factory=list)
+    forced_provider: str | None = None
+    forced_providers: list[str] = field(default_factory=list)  # tried in order
+    modified: bool = False  # a plugin changed it: passthrough must re-render
+
+    @property
+    def last_user_text(self) -> str:
+        for message in reversed(self.messages):
+            if message.role == "user" and message.text:
+                return message.text
+        return ""
+
+
+@dataclass
+class Response:
+    """A complete (non-streamed, or reassembled) reply."""
+
+    id: str
+    model: str
+    content: list[Part]
+    stop_reason: str = "end_turn"
+    usage: Usage = field(default_factory=Usage)
+    stop_sequence: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(p.text for p in self.content if isinstance(p, Text))
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [p for p in self.content if isinstance(p, ToolCall)]
+
+
+# --- stream events -------------------------------------------------------------
+# A decoder turns upstream bytes into these; an encoder turns them into client
+# bytes. Tool calls are keyed by `index` (their order in the reply).
+
+
+@dataclass
+class MessageStart:
+    id: str
+    model: str
+    usage: Usage | None = None  # Anthropic sends input tokens up front
+
+
+@dataclass
+class TextDelta:
+    text: str
+
+
+@dataclass
+class ToolCallStart:
+    index: int
+    id: str
+    name: str
+
+
+@dataclass
+class ToolCallDelta:
+    index: int
+    arguments: str
+
+
+@dataclass
+class OpaqueBlock:
+    """A whole opaque block (e.g. Anthropic thinking) seen in a stream."""
+
+    part: Opaque
+
+
+@dataclass
+class UsageUpdate:
+    usage: Usage
+
+
+@dataclass
+class Stop:
+    stop_reason: str
+    stop_sequence: str | None = None
+
+
+@dataclass
+class StreamError:
+    message: str
+    status: int = 502
+    kind: str = "api_error"
+
+
+StreamEvent = Union[
+    MessageStart, TextDelta, ToolCallStart, ToolCallDelta, OpaqueBlock, UsageUpdate, Stop, StreamError
+]
+
+
+class ResponseCollector:
+    """Folds stream events into a Response, for logs and non-stream replies."""
+
+    def __init__(self, model: str = "") -> None:
+        self.id = ""
+        self.model = model
+        self.parts: list[Part] = []
+        self.calls: dict[int, ToolCall] = {}
+        self.usage = Usage()
+        self.stop_reason: str | None = None
+        self.stop_sequence: str | None = None
+        self.error: StreamError | None = None
+
+    def add(self, event: StreamEvent) -> None:
+        if isinstance(event, TextDelta):
+            if self.parts and isinstance(self.parts[-1], Text):
+                self.parts[-1].text += event.text
+            else:
+                self.parts.append(Text(event.text))
+        elif isinstance(event, ToolCallDelta):
+            call = self.calls.get(event.index)
+            if call is not None:
+                call.arguments += event.arguments
+        elif isinstance(event, ToolCallStart):
+            call = ToolCall(event.id, event.name, "")
+            self.calls[event.index] = call
+            self.parts.append(call)
+        elif isinstance(event, OpaqueBlock):
+            self.parts.append(event.part)
+        elif isinstance(event, UsageUpdate):
+            self.merge_usage(event.usage)
+        elif isinstance(event, MessageStart):
+            self.id = event.id or self.id
+            self.model = event.model or self.model
+            if event.usage:
+                self.merge_usage(event.usage)
+        elif isinstance(event, Stop):
+            self.stop_reason = event.stop_reason
+            self.stop_sequence = event.stop_sequence
+        elif isinstance(event, StreamError):
+            self.error = event
+
+    def merge_usage(self, usage: Usage) -> None:
+        # Providers report usage in pieces (Anthropic: input at start, output at
+        # the end); a later non-zero figure wins.
+        self.usage.input_tokens = usage.input_tokens or self.usage.input_tokens
+        self.usage.output_tokens = usage.output_tokens or self.usage.output_tokens
+        if usage.cache_read_tokens is not None:
+            self.usage.cache_read_tokens = usage.cache_read_tokens
+        if usage.cache_write_tokens is not None:
+            self.usage.cache_write_tokens = usage.cache_write_tokens
+
+    def response(self) -> Response:
+        for call in self.calls.values():
+            if not call.arguments:
+                call.arguments = "{}"
+        return Response(
+            id=self.id,
+            model=self.model,
+            content=self.parts,
+            stop_reason=self.stop_reason or "end_turn",
+            usage=self.usage,
+            stop_sequence=self.stop_sequence,
+        )
+
+
+def response_events(response: Response) -> list[StreamEvent]:
+    """The stream events that carry a complete reply, in order."""
+    events: list[StreamEvent] = [MessageStart(response.id, response.model)]
+    index = 0
+    for part in response.content:
+        if isinstance(part, Text):
+            if part.text:
+                events.append(TextDelta(part.text))
+        elif isinstance(part, ToolCall):
+            events.append(ToolCallStart(index, part.id, part.name))
+            if part.arguments:
+                events.append(ToolCallDelta(index, part.arguments))
+            index += 1
+        elif isinstance(part, Opaque):
+            events.append(OpaqueBlock(part))
+    events.append(UsageUpdate(response.usage))
+    events.append(Stop(response.stop_reason, response.stop_sequence))
+    return events
+
+
+def part_to_json(part: Part) -> dict[str, Any]:
+    """A part as plain JSON, for logs and events."""
+    if isinstance(part, Text):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, Image):
+        out: dict[str, Any] = {"type": "image", "media_type": part.media_type}
+        if part.url:
+            out["url"] = part.url
+        else:
+            out["bytes"] = len(part.data or "") * 3 // 4  # the image itself is not logged
+        return out
+    if isinstance(part, ToolCall):
+        return {"type": "tool_use", "id": part.id, "name": part.name, "arguments": part.arguments}
+    if isinstance(part, ToolResult):
+        return {
+            "type": "tool_result",
+            "tool_use_id": part.tool_call_id,
+            "content": part.text,
+            "is_error": part.is_error,
+        }
+    return {"type": part.data.get("type", "opaque"), "format": part.format}
+
+
+def message_to_json(message: Message) -> dict[str, Any]:
+    """Plain-text messages log as a string (the original's shape); others as parts."""
+    if all(isinstance(p, Text) for p in message.content):
+        return {"role": message.role, "content": message.text}
+    return {"role": message.role, "content": [part_to_json(p) for p in message.content]}
+
+
+def response_to_json(response: Response) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": response.id,
+        "model": response.model,
+        "content": response.text,
+        "stop_reason": response.stop_reason,
+        "usage": response.usage.to_json(),
+    }
+    calls = response.tool_calls
+    if calls:
+        out["tool_calls"] = [part_to_json(c) for c in calls]
+    return out
