@@ -1,0 +1,237 @@
+"""The router application: routes, access rules, and the wiring of its parts.
+
+`run(config)` starts everything (server, request log, discovery) and stops it
+all on `App.shutdown()`; `App.handle` is the HTTP handler the server calls.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import random
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from llmrouter import errors, events, router
+from llmrouter.bus import EventBus
+from llmrouter.config import Config
+from llmrouter.discovery import Discovery
+from llmrouter.driver import Driver
+from llmrouter.pipeline import CLIENT_FORMATS, Context, Exchange, handle
+from llmrouter.reqlog import RequestLog
+from llmrouter.server import HTTPRequest, ProtocolFailure, ResponseWriter, Server
+from llmrouter.upstream import Upstreams
+
+log = logging.getLogger("llmrouter")
+
+CHAT_ROUTES = {"/v1/chat/completions": "openai", "/v1/messages": "anthropic", "/v1/responses": "responses"}
+GET_ROUTES = ("/health", "/v1/models", "/dashboard", "/dashboard/events")
+KEEPALIVE_EVERY = 15.0
+SUBSCRIBER_BUFFER = 1024
+
+
+class App:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.bus = EventBus()
+        self.upstreams = Upstreams(config.providers)
+        self.discovery = Discovery(config, self.upstreams)
+        self.reqlog = RequestLog(config.logging.path) if config.logging.enabled else None
+        self.ctx = Context(
+            config=config,
+            discovered=self.discovery.models,
+            rng=random.Random(),
+            clock_ms=lambda: int(time.time() * 1000),
+            monotonic=time.monotonic,
+        )
+        self.driver = Driver(self.upstreams, self.bus.publish, self.reqlog.append if self.reqlog else None, self.ctx.clock_ms)
+        self.server = Server(self.handle, self.render_failure, config.server)
+        self._ids = itertools.count()
+        self.stopped = anyio.Event()  # set once run() has drained and closed everything
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serves until shutdown() has drained the server; reports the bound port."""
+        try:
+            async with anyio.create_task_group() as background:
+                if self.reqlog is not None:
+                    background.start_soon(self.reqlog.run)
+                await self.discovery.first_pass()
+                background.start_soon(self.discovery.refresh_forever)
+                async with anyio.create_task_group() as serving:
+                    port = await serving.start(self.server.serve, self.config.server.host, self.config.server.port)
+                    task_status.started(port)
+                background.cancel_scope.cancel()  # the request log flushes as it stops
+            await self.upstreams.aclose()
+        finally:
+            self.stopped.set()
+
+    def shutdown(self) -> None:
+        """Graceful: stop accepting, end event feeds, let in-flight requests finish."""
+        self.server.shutdown()
+        self.bus.close_all()
+
+    # --- HTTP ----------------------------------------------------------------
+
+    async def handle(self, request: HTTPRequest, writer: ResponseWriter) -> None:
+        path, method = request.path, request.method
+        client_format = CHAT_ROUTES.get(path)
+        problem = self.access_problem(request, client_format)
+        if problem is not None:
+            await self.respond_error(writer, client_format or "openai", problem)
+            return
+        if client_format is not None:
+            if method != "POST":
+                await self.respond_error(writer, client_format, errors.MethodNotAllowed(f"{method} is not allowed on {path}; use POST"), allow="POST")
+                return
+            await self.chat(request, writer, client_format)
+            return
+        if path in GET_ROUTES and (path.startswith("/dashboard") is False or self.config.server.dashboard):
+            if method not in ("GET", "HEAD"):
+                await self.respond_error(writer, "openai", errors.MethodNotAllowed(f"{method} is not allowed on {path}; use GET"), allow="GET, HEAD")
+                return
+            if path == "/health":
+                await self.health(request, writer)
+            elif path == "/v1/models":
+                await self.models(writer)
+            elif path == "/dashboard":
+                await self.dashboard(writer)
+            else:
+                await self.event_feed(writer)
+            return
+        await self.respond_error(writer, "anthropic" if path.startswith("/v1/messages") else "openai", errors.NotFound(f"no route for {method} {path}"))
+
+    def access_problem(self, request: HTTPRequest, client_format: str | None) -> errors.RouterError | None:
+        """Refuses what a browser page or an unauthorised caller must not do."""
+        if request.path == "/health":
+            return None
+        origin = request.headers.get("origin")
+        if origin and not _same_or_loopback_origin(origin, request.headers.get("host", "")):
+            return errors.Forbidden(f"requests from origin {origin!r} are not allowed")
+        key = self.config.server.api_key if hasattr(self.config.server, "api_key") else None
+        if key:
+            presented = request.headers.get("x-api-key") or _bearer(request.headers.get("authorization", ""))
+            if not presented or not secrets.compare_digest(presented.encode(), key.encode()):
+                return errors.Unauthorized("missing or invalid API key")
+        if client_format is not None and request.method == "POST":
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json" and not ctype.endswith("+json"):
+                return errors.UnsupportedMediaType("the request body must be JSON with content-type: application/json")
+        return None
+
+    async def chat(self, request: HTTPRequest, writer: ResponseWriter, client_format: str) -> None:
+        started = time.monotonic()
+        number = next(self._ids)
+        request_id = request.headers.get("x-request-id", "")
+        if not request_id or len(request_id) > 128 or not request_id.isprintable():
+            request_id = uuid.uuid4().hex
+        ex = Exchange(
+            id=number,
+            request_id=request_id,
+            client_format=client_format,
+            headers=request.headers,
+            body=request.body,
+            record=events.Record(number, request_id, client_format),
+        )
+        self.ctx.in_flight += 1
+        try:
+            await self.driver.run(handle(self.ctx, ex), ex, writer, started)
+        finally:
+            self.ctx.in_flight -= 1
+
+    async def health(self, request: HTTPRequest, writer: ResponseWriter) -> None:
+        if "verbose" not in request.query:
+            await writer.respond(200, [("content-type", "text/plain; charset=utf-8")], b"ok")
+            return
+        body = {
+            "status": "ok",
+            "in_flight": self.ctx.in_flight,
+            "providers": [{"name": p.name, "format": p.format} for p in self.config.providers],
+            "discovered": {k: sorted(v) for k, v in self.discovery.models.items()},
+            "events": self.bus.statistics(),
+        }
+        await writer.respond(200, [("content-type", "application/json")], json.dumps(body).encode())
+
+    async def models(self, writer: ResponseWriter) -> None:
+        data = [
+            {"id": model, "object": "model", "created": 0, "owned_by": provider}
+            for model, provider in router.available_models(self.config, self.discovery.models)
+        ]
+        body = json.dumps({"object": "list", "data": data}).encode()
+        await writer.respond(200, [("content-type", "application/json")], body)
+
+    async def dashboard(self, writer: ResponseWriter) -> None:
+        from importlib.resources import files
+
+        page = files("llmrouter").joinpath("dashboard.html").read_bytes()
+        await writer.respond(200, [("content-type", "text/html; charset=utf-8"), ("cache-control", "no-cache")], page)
+
+    async def event_feed(self, writer: ResponseWriter) -> None:
+        """SSE: `event: <type>` + `data: <json>` per event, a comment every 15 s."""
+        with self.bus.subscribe(SUBSCRIBER_BUFFER) as sub:
+            await writer.start(200, [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-accel-buffering", "no")])
+            await writer.send(b": connected\n\n")
+            while True:
+                with anyio.move_on_after(KEEPALIVE_EVERY):
+                    try:
+                        event = await sub.receive.receive()
+                    except (anyio.EndOfStream, anyio.ClosedResourceError):
+                        break
+                    frames = []
+                    dropped = sub.take_dropped()
+                    if dropped:
+                        frames.append(_sse({"type": "dropped", "v": events.SCHEMA_VERSION, "count": dropped}))
+                    frames.append(_sse(event))
+                    await writer.send(b"".join(frames))
+                    continue
+                await writer.send(b": keep-alive\n\n")
+            await writer.end()
+
+    async def respond_error(self, writer: ResponseWriter, client_format: str, err: errors.RouterError, allow: str | None = None) -> None:
+        body = json.dumps(CLIENT_FORMATS[client_format].error_body(err)).encode()
+        headers = [("content-type", "application/json")]
+        if allow:
+            headers.append(("allow", allow))
+        await writer.respond(err.status, headers, body)
+
+    def render_failure(self, failure: ProtocolFailure) -> tuple[list[tuple[str, str]], bytes]:
+        err = _status_error(failure.status, failure.message)
+        client_format = "anthropic" if failure.path.startswith("/v1/messages") else "openai"
+        return [("content-type", "application/json")], json.dumps(CLIENT_FORMATS[client_format].error_body(err)).encode()
+
+
+def _status_error(status: int, message: str) -> errors.RouterError:
+    for cls in (errors.BadRequest, errors.RequestTimeout, errors.PayloadTooLarge, errors.HeadersTooLarge, errors.NotFound):
+        if cls.status == status:
+            return cls(message)
+    err = errors.BadRequest(message)
+    err.status = status
+    return err
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return b"event: " + event["type"].encode() + b"\ndata: " + events.dumps(event).encode() + b"\n\n"
+
+
+def _bearer(value: str) -> str | None:
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _same_or_loopback_origin(origin: str, host: str) -> bool:
+    scheme, _, rest = origin.partition("://")
+    if scheme not in ("http", "https"):
+        return False
+    if rest == host:
+        return True
+    hostname = rest.rsplit(":", 1)[0] if not rest.startswith("[") else rest.split("]")[0] + "]"
+    return hostname in ("127.0.0.1", "localhost", "[::1]")
+
+
+Clock = Callable[[], float]

@@ -1,0 +1,68 @@
+"""The event bus: fan-out of lifecycle events to live subscribers.
+
+`publish` is synchronous and never waits: each subscriber has its own bounded
+buffer, and a subscriber that falls behind loses events (counted, and told
+with a `dropped` event once it catches up) instead of slowing requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+
+class Subscription:
+    def __init__(self, buffer: int) -> None:
+        self.send: MemoryObjectSendStream[dict[str, Any]]
+        self.receive: MemoryObjectReceiveStream[dict[str, Any]]
+        self.send, self.receive = anyio.create_memory_object_stream[dict[str, Any]](buffer)
+        self.dropped = 0  # events lost since the subscriber last caught up
+        self.dropped_total = 0
+
+    def take_dropped(self) -> int:
+        count, self.dropped = self.dropped, 0
+        return count
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: list[Subscription] = []
+        self.published = 0
+
+    def publish(self, event: dict[str, Any]) -> None:
+        self.published += 1
+        for sub in self._subscribers:
+            try:
+                sub.send.send_nowait(event)
+            except anyio.WouldBlock:
+                sub.dropped += 1
+                sub.dropped_total += 1
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass  # its reader is gone; unsubscribe() removes it
+
+    @contextlib.contextmanager
+    def subscribe(self, buffer: int = 1024) -> Iterator[Subscription]:
+        sub = Subscription(buffer)
+        self._subscribers.append(sub)
+        try:
+            yield sub
+        finally:
+            self._subscribers.remove(sub)
+            sub.send.close()
+            sub.receive.close()
+
+    def close_all(self) -> None:
+        """Ends every subscription's stream (graceful shutdown)."""
+        for sub in self._subscribers:
+            sub.send.close()
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "subscribers": len(self._subscribers),
+            "published": self.published,
+            "dropped": sum(s.dropped_total for s in self._subscribers),
+        }

@@ -1,0 +1,159 @@
+"""Command line: `llmrouter [serve] [CONFIG]`, `llmrouter check [CONFIG]`, and the live views."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from llmrouter import __version__
+
+COMMANDS = ("serve", "check")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmrouter",
+        description="A fast, local-first LLM router. With no command, `serve` is assumed: "
+        "`llmrouter [CONFIG]` serves the given config (default ./config.toml, else the built-in default).",
+    )
+    parser.add_argument("--version", action="version", version=f"llmrouter {__version__}")
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=os.environ.get("LLMROUTER_LOG_LEVEL", "info").lower(),
+        help="diagnostics shown on stderr (default: info, or $LLMROUTER_LOG_LEVEL)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the router (the default command)")
+    serve.add_argument("config", nargs="?", help="config file (default ./config.toml, else the built-in default)")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+    check = sub.add_parser("check", help="validate a config and print what it means")
+    check.add_argument("config", nargs="?", help="config file (default ./config.toml, else the built-in default)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `llmrouter CONFIG` (the original's form) means `llmrouter serve CONFIG`.
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is not None and first not in COMMANDS and argv.index(first) == _first_positional(argv):
+        argv.insert(argv.index(first), "serve")
+    elif first is None and not any(a in ("-h", "--help", "--version") for a in argv):
+        argv.append("serve")
+    args = build_parser().parse_args(argv)
+    if args.log_level not in LOG_LEVELS:
+        print(f"llmrouter: invalid log level {args.log_level!r} (choose from {', '.join(LOG_LEVELS)})", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="llmrouter: %(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpcore").setLevel(logging.DEBUG if args.log_level == "debug" else logging.WARNING)
+
+    from llmrouter import dotenv
+
+    loaded = dotenv.load_dotenv(".env")
+    if loaded:
+        logging.getLogger("llmrouter").info("loaded %d variable(s) from .env: %s", len(loaded), ", ".join(loaded))
+    if args.command == "check":
+        return check(args.config)
+    return serve(args.config, args.host, args.port)
+
+
+def _first_positional(argv: list[str]) -> int:
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--log-level":
+            skip = True
+            continue
+        if not arg.startswith("-"):
+            return i
+    return -1
+
+
+def _load(path: str | None):
+    from llmrouter import config, errors
+
+    try:
+        return config.load(path, environ=os.environ)
+    except errors.ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"llmrouter: the configuration has {len(exc.problems)} problem(s); nothing was started", file=sys.stderr)
+        return None
+
+
+def check(path: str | None) -> int:
+    from llmrouter import config
+
+    cfg = _load(path)
+    if cfg is None:
+        return 2
+    print(config.describe(cfg))
+    return 0
+
+
+def serve(path: str | None, host: str | None, port: int | None) -> int:
+    import dataclasses
+
+    import anyio
+
+    from llmrouter.app import App
+
+    cfg = _load(path)
+    if cfg is None:
+        return 2
+    if host is not None or port is not None:
+        server = dataclasses.replace(
+            cfg.server, host=host if host is not None else cfg.server.host, port=port if port is not None else cfg.server.port
+        )
+        cfg = dataclasses.replace(cfg, server=server)
+    log = logging.getLogger("llmrouter")
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
+
+    async def main_task() -> None:
+        app = App(cfg)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_on_signal, app)
+            try:
+                bound = await tg.start(app.run)
+            except OSError as exc:
+                log.error("cannot listen on %s:%s: %s", cfg.server.host, cfg.server.port, exc)
+                raise SystemExit(1) from None
+            url = f"http://{_url_host(cfg.server.host)}:{bound}"
+            dashboard = f", dashboard {url}/dashboard" if cfg.server.dashboard else ""
+            print(
+                f"llmrouter {__version__} listening on {url} (config: {cfg.source}, {len(cfg.providers)} provider(s){dashboard})",
+                file=sys.stderr,
+                flush=True,
+            )
+            await app.stopped.wait()
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main_task)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def stop_on_signal(app) -> None:
+    import anyio
+
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            logging.getLogger("llmrouter").info("%s: finishing in-flight requests, then stopping", signal.Signals(signum).name)
+            app.shutdown()
+            break
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,93 @@
+"""What the pure pipeline asks the I/O driver to do.
+
+The pipeline is a synchronous generator that yields these commands; the
+driver performs each one and sends back its reply (or throws an
+UpstreamError into the generator at that `yield`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmrouter.config import Provider
+from llmrouter.formats import UpstreamCall
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Send an event to live subscribers. Reply: None. Never blocks."""
+
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Log:
+    """A diagnostic line for stderr (pure code never logs by itself). Reply: None."""
+
+    level: str  # "debug" | "info" | "warning"
+    message: str
+
+
+@dataclass(frozen=True)
+class OpenUpstream:
+    """Send a request upstream. Reply: UpstreamHead. Raises UpstreamError."""
+
+    provider: Provider
+    call: UpstreamCall
+
+
+@dataclass(frozen=True)
+class UpstreamHead:
+    status: int
+    headers: list[tuple[str, str]]
+    error_body: bytes = b""  # the (bounded) body of a non-2xx reply, already read
+
+
+@dataclass(frozen=True)
+class ReadUpstream:
+    """Reply: the next body chunk, b"" at the end, or None when nothing came
+    within `ping_after` seconds (the pipeline may then send a keep-alive)."""
+
+    ping_after: float | None = None
+
+
+@dataclass(frozen=True)
+class ReadUpstreamBody:
+    """Reply: the whole body (at most `limit` bytes). Raises UpstreamError."""
+
+    limit: int
+
+
+@dataclass(frozen=True)
+class CloseUpstream:
+    """Release the open upstream response (its connection is reused only if it was read to the end)."""
+
+
+@dataclass(frozen=True)
+class StartResponse:
+    status: int
+    headers: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class SendBody:
+    """Reply: None once the bytes are written (this is where backpressure acts)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class EndResponse:
+    """Finish the response normally (the terminating chunk)."""
+
+
+@dataclass(frozen=True)
+class AbortResponse:
+    """Close the client connection without finishing the response, so the
+    client cannot mistake a truncated stream for a complete one."""
+
+
+Command = (
+    Publish | Log | OpenUpstream | ReadUpstream | ReadUpstreamBody | CloseUpstream | StartResponse | SendBody | EndResponse | AbortResponse
+)

@@ -1,0 +1,119 @@
+"""Lifecycle events: the public, versioned contract of the event feed and log.
+
+Each request produces `start`, `classified`, `routed` (once per attempt) and
+exactly one `complete`. Events are plain JSON-ready dicts; the `complete`
+record is also the JSONL log line. Pure: the clock is passed in.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+def start(id: int, ts_ms: int, model: str, in_flight: int, request_id: str, client_format: str, stream: bool) -> dict[str, Any]:
+    return {
+        "type": "start",
+        "v": SCHEMA_VERSION,
+        "id": id,
+        "ts_ms": ts_ms,
+        "model": model,
+        "in_flight": in_flight,
+        "request_id": request_id,
+        "client_format": client_format,
+        "stream": stream,
+    }
+
+
+def classified(id: int, ts_ms: int, tags: list[str]) -> dict[str, Any]:
+    return {"type": "classified", "v": SCHEMA_VERSION, "id": id, "ts_ms": ts_ms, "tags": list(tags)}
+
+
+def routed(id: int, ts_ms: int, provider: str, model: str, attempt: int) -> dict[str, Any]:
+    return {
+        "type": "routed",
+        "v": SCHEMA_VERSION,
+        "id": id,
+        "ts_ms": ts_ms,
+        "provider": provider,
+        "model": model,
+        "attempt": attempt,
+    }
+
+
+@dataclass
+class Attempt:
+    provider: str
+    model: str
+    outcome: str = "pending"  # ok | error
+    status: int | None = None
+    duration_ms: int = 0
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "outcome": self.outcome,
+            "status": self.status,
+            "duration_ms": self.duration_ms,
+            "error": self.error,
+        }
+
+
+@dataclass
+class Record:
+    """Everything the `complete` event says about one request, filled as it runs."""
+
+    id: int
+    request_id: str
+    client_format: str
+    requested_model: str = ""
+    sent_model: str = ""
+    provider: str | None = None
+    tags: list[str] = field(default_factory=list)
+    plugins: list[str] = field(default_factory=list)
+    system: str | None = None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    response: dict[str, Any] | None = None
+    error: str | None = None
+    error_code: str | None = None
+    status: int | None = None
+    stream: bool = False
+    attempts: list[Attempt] = field(default_factory=list)
+    usage: dict[str, int] | None = None
+    first_byte_ms: int | None = None
+
+    def complete(self, ts_ms: int, duration_ms: int) -> dict[str, Any]:
+        return {
+            "type": "complete",
+            "v": SCHEMA_VERSION,
+            "id": self.id,
+            "ts_ms": ts_ms,
+            "request_id": self.request_id,
+            "client_format": self.client_format,
+            "provider": self.provider,
+            "requested_model": self.requested_model,
+            "sent_model": self.sent_model or self.requested_model,
+            "duration_ms": duration_ms,
+            "first_byte_ms": self.first_byte_ms,
+            "status": self.status,
+            "stream": self.stream,
+            "tags": self.tags,
+            "plugins": self.plugins,
+            "system": self.system,
+            "messages": self.messages,
+            "response": self.response,
+            "usage": self.usage,
+            "attempts": [a.to_json() for a in self.attempts],
+            "error": self.error,
+            "error_code": self.error_code,
+        }
+
+
+def dumps(event: dict[str, Any]) -> str:
+    """Compact, single-line JSON (safe inside one SSE data line and one log line)."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,336 @@
+"""The request pipeline: one synchronous generator per request. Pure.
+
+    on_start plugins → classifiers → pre_request plugins → router rules
+    → provider call (with fallback) → post_response plugins → on_end plugins
+
+`handle` yields commands (llmrouter.commands) for the driver to perform and
+receives their replies, so the whole flow, fallback included, reads like
+blocking code and is testable without sockets. It fills `Exchange.record`;
+the driver publishes that record as the one `complete` event however the
+request ends (errors and disconnects included).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Collection, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmrouter import canonical, classifiers, errors, events, formats, plugins, router
+from llmrouter.commands import (
+    AbortResponse,
+    Command,
+    EndResponse,
+    Log,
+    OpenUpstream,
+    Publish,
+    ReadUpstream,
+    ReadUpstreamBody,
+    SendBody,
+    StartResponse,
+    UpstreamHead,
+)
+from llmrouter.config import Config
+from llmrouter.formats import anthropic, ollama, openai, responses
+
+CLIENT_FORMATS = {"openai": openai, "anthropic": anthropic, "responses": responses}
+UPSTREAM_FORMATS = {"openai": openai, "anthropic": anthropic, "ollama": ollama}
+
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+PING_AFTER = 10.0  # seconds of upstream silence before a keep-alive goes to the client
+# Client headers forwarded to upstreams of the client's own format.
+FORWARDED_HEADERS = ("anthropic-beta",)
+
+Pipeline = Generator[Command, Any, None]
+
+
+@dataclass
+class Context:
+    """What every request shares: immutable config plus live routing state."""
+
+    config: Config
+    discovered: Mapping[str, Collection[str]] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
+    clock_ms: Callable[[], int] = lambda: 0  # wall clock, epoch ms
+    monotonic: Callable[[], float] = lambda: 0.0
+    in_flight: int = 0
+
+
+@dataclass
+class Exchange:
+    """One client request and what has happened to it so far."""
+
+    id: int
+    request_id: str
+    client_format: str
+    headers: Mapping[str, str]
+    body: bytes
+    record: events.Record
+    response_started: bool = False
+    error_sent: bool = False  # an in-band error already went to the client
+    encoder: Any = None  # the client-format stream encoder, once streaming
+    raw_reply: bytes | None = None  # an upstream body forwarded unchanged
+
+
+def handle(ctx: Context, ex: Exchange) -> Pipeline:
+    client = CLIENT_FORMATS[ex.client_format]
+    rec = ex.record
+    try:
+        yield from _serve(ctx, ex, client)
+    except errors.RouterError as err:
+        rec.error, rec.error_code = err.message, err.code
+        if not ex.response_started:
+            rec.status = err.status
+            yield from _send_error(ex, client, err)
+        else:
+            if not ex.error_sent:
+                yield SendBody(ex.encoder.error(canonical.StreamError(err.message, err.status, err.kind)))
+            yield AbortResponse()
+
+
+def _serve(ctx: Context, ex: Exchange, client: Any) -> Pipeline:
+    rec = ex.record
+    body, problem = _decode_json(ex.body)
+    if isinstance(body, dict):
+        model = body.get("model")
+        rec.requested_model = model if isinstance(model, str) else ""
+        rec.stream = body.get("stream") is True
+    yield Publish(events.start(ex.id, ctx.clock_ms(), rec.requested_model, ctx.in_flight, ex.request_id, ex.client_format, rec.stream))
+    if problem:
+        raise errors.BadRequest(problem)
+
+    req = client.parse_request(body)
+    req.extras["headers"] = {h: ex.headers[h] for h in FORWARDED_HEADERS if h in ex.headers}
+    active, warnings = plugins.resolve(ctx.config.plugins, req.plugins)
+    yield from _log_all(warnings)
+    state = plugins.PluginState(request=req, streamed=req.stream)
+
+    flow = yield from _stage("on_start", active, state, rec)
+    if flow == plugins.CONTINUE:
+        tags, warnings = classifiers.classify(req, ctx.config.classifiers)
+        yield from _log_all(warnings)
+        req.tags = tags
+        rec.tags = list(tags)
+        yield Publish(events.classified(ex.id, ctx.clock_ms(), tags))
+        flow = yield from _stage("pre_request", active, state, rec)
+        if flow == plugins.CONTINUE and state.response is None:
+            yield from _route(ctx, ex, client, req, state)
+    rec.system = req.system
+    rec.messages = [canonical.message_to_json(m) for m in req.messages]
+
+    if state.response is None:
+        raise errors.RouterError("pipeline stopped without producing a response")
+    if not rec.attempts:
+        rec.provider = "plugin"  # a plugin answered
+        rec.sent_model = req.model
+        if req.stream:
+            yield from _stream_reply(ex, client, req, state.response)
+
+    healed = yield from _stage("post_response", active, state, rec)
+    if healed == plugins.CONTINUE:
+        yield from _stage("on_end", active, state, rec)
+    resp = state.response
+    rec.response = canonical.response_to_json(resp)
+    rec.usage = resp.usage.to_json()
+    rec.status = 200
+    if req.stream:
+        return
+    if ex.raw_reply is not None and not state.response_modified:
+        body_bytes = ex.raw_reply
+    else:
+        body_bytes = _dumps(client.render_response(resp, req))
+    headers = [("content-type", "application/json"), ("content-length", str(len(body_bytes))), *_router_headers(ex, rec)]
+    yield StartResponse(200, headers)
+    ex.response_started = True
+    yield SendBody(body_bytes)
+    yield EndResponse()
+
+
+def _route(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, state: Any) -> Pipeline:
+    """Tries providers in the router's order until one answers (fallback)."""
+    rec = ex.record
+    server = ctx.config.server
+    max_attempts = server.max_attempts if server.fallback_on_error else 1
+    tried: set[str] = set()
+    last_error: errors.UpstreamError | None = None
+    for decision in router.decisions(req, ctx.config, ctx.discovered, ctx.rng):
+        name = decision.provider.name
+        if name in tried:
+            continue
+        if len(tried) >= max_attempts:
+            break
+        tried.add(name)
+        rec.provider, rec.sent_model = name, decision.model
+        yield Publish(events.routed(ex.id, ctx.clock_ms(), name, decision.model, len(tried)))
+        attempt = events.Attempt(name, decision.model)
+        rec.attempts.append(attempt)
+        started = ctx.monotonic()
+        try:
+            yield from _call(ctx, ex, client, req, state, decision)
+        except errors.UpstreamError as err:
+            attempt.outcome, attempt.status, attempt.error = "error", err.status, err.message
+            attempt.duration_ms = round((ctx.monotonic() - started) * 1000)
+            if ex.response_started or not err.retryable:
+                raise
+            yield Log("warning", f"request {ex.request_id}: {err.message}; trying the next provider")
+            last_error = err
+            continue
+        attempt.outcome, attempt.status = "ok", 200
+        attempt.duration_ms = round((ctx.monotonic() - started) * 1000)
+        return
+    if last_error is not None:
+        raise last_error
+    raise errors.NoRoute(f"no provider configured for model '{req.model}'", param="model")
+
+
+def _call(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, state: Any, decision: Any) -> Pipeline:
+    provider = decision.provider
+    if provider.api_key_env and not provider.api_key:
+        raise errors.UpstreamConnectError(
+            f'provider \'{provider.name}\' has api_key_env = "{provider.api_key_env}" but that variable is not set'
+        )
+    upstream = UPSTREAM_FORMATS[provider.format]
+    head: UpstreamHead = yield OpenUpstream(provider, upstream.build_request(req, decision.model, provider))
+    if not 200 <= head.status < 300:
+        message = upstream.error_message(head.status, head.error_body)
+        retry_after = next((v for k, v in head.headers if k == "retry-after"), None)
+        raise errors.UpstreamStatusError(
+            f"provider '{provider.name}' returned {head.status}: {message}", status=head.status, retry_after=retry_after
+        )
+    if req.stream:
+        yield from _relay_stream(ctx, ex, client, req, state, decision, upstream)
+        return
+    data = yield ReadUpstreamBody(MAX_REPLY_BYTES)
+    state.response = upstream.parse_response(data)
+    if formats.passthrough(req, provider.format):
+        ex.raw_reply = data
+
+
+def _relay_stream(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, state: Any, decision: Any, upstream: Any) -> Pipeline:
+    """Streams the upstream reply to the client event by event, translating
+    each frame (or forwarding it untouched when both sides share a format)."""
+    rec = ex.record
+    relay = formats.passthrough(req, decision.provider.format)
+    ex.encoder = client.Encoder(req, decision.model)
+    decoder = upstream.Decoder()
+    collector = canonical.ResponseCollector(decision.model)
+    yield StartResponse(200, [*_stream_headers(), *_router_headers(ex, rec)])
+    ex.response_started = True
+    started = ctx.monotonic()
+    while True:
+        chunk = yield ReadUpstream(PING_AFTER)
+        if chunk is None:
+            yield SendBody(ex.encoder.ping())
+            continue
+        if rec.first_byte_ms is None:
+            rec.first_byte_ms = round((ctx.monotonic() - started) * 1000)
+        frames = decoder.feed(chunk) if chunk else decoder.close()
+        out: list[bytes] = []
+        failure: canonical.StreamError | None = None
+        for frame in frames:
+            for event in frame.events:
+                collector.add(event)
+                if isinstance(event, canonical.StreamError):
+                    failure = event
+            if relay:
+                if req.include_usage or not _usage_only(frame):
+                    out.append(frame.raw)
+            else:
+                out.extend(ex.encoder.encode(e) for e in frame.events if not isinstance(e, canonical.StreamError))
+        if failure is not None and not relay:
+            out.append(ex.encoder.error(failure))
+        if out:
+            yield SendBody(b"".join(out))
+        if failure is not None:
+            ex.error_sent = True
+            state.response = collector.response()
+            raise errors.UpstreamError(f"provider '{decision.provider.name}' failed mid-stream: {failure.message}")
+        if not chunk:
+            break
+    if not relay:
+        yield SendBody(ex.encoder.finish())
+    yield EndResponse()
+    state.response = collector.response()
+
+
+def _stream_reply(ex: Exchange, client: Any, req: canonical.Request, resp: canonical.Response) -> Pipeline:
+    """Streams a reply that a plugin produced (no upstream involved)."""
+    ex.encoder = client.Encoder(req, resp.model or req.model)
+    yield StartResponse(200, [*_stream_headers(), *_router_headers(ex, ex.record)])
+    ex.response_started = True
+    out = [ex.encoder.encode(e) for e in canonical.response_events(resp)]
+    yield SendBody(b"".join(out) + ex.encoder.finish())
+    yield EndResponse()
+
+
+def _stage(stage: str, active: list[Any], state: Any, rec: events.Record) -> Generator[Command, Any, str]:
+    result = plugins.run_stage(stage, active, state)
+    rec.plugins.extend(result.ids)
+    yield from _log_all(result.warnings)
+    return result.flow
+
+
+def _send_error(ex: Exchange, client: Any, err: errors.RouterError) -> Pipeline:
+    headers = [("content-type", "application/json"), ("x-request-id", ex.request_id)]
+    retry_after = getattr(err, "retry_after", None)
+    if retry_after:
+        headers.append(("retry-after", retry_after))
+    body = _dumps(client.error_body(err))
+    headers.append(("content-length", str(len(body))))
+    yield StartResponse(err.status, headers)
+    ex.response_started = True
+    yield SendBody(body)
+    yield EndResponse()
+
+
+def _log_all(warnings: list[str]) -> Pipeline:
+    for warning in warnings:
+        yield Log("warning", warning)
+
+
+def _stream_headers() -> list[tuple[str, str]]:
+    return [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-accel-buffering", "no")]
+
+
+def _router_headers(ex: Exchange, rec: events.Record) -> list[tuple[str, str]]:
+    headers = [("x-request-id", ex.request_id)]
+    if rec.provider:
+        headers.append(("x-router-provider", rec.provider))
+    if rec.sent_model:
+        headers.append(("x-router-model", _header_safe(rec.sent_model)))
+    if rec.tags:
+        headers.append(("x-router-tags", _header_safe(",".join(rec.tags))))
+    return headers
+
+
+def _header_safe(value: str) -> str:
+    return value.encode("ascii", "backslashreplace").decode("ascii").replace("\r", " ").replace("\n", " ")
+
+
+def _usage_only(frame: formats.Frame) -> bool:
+    return bool(frame.events) and all(isinstance(e, canonical.UsageUpdate) for e in frame.events)
+
+
+def _decode_json(body: bytes) -> tuple[Any, str | None]:
+    if not body:
+        return None, "request body is empty: expected a JSON object"
+    try:
+        value = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        return None, f"request body is not valid JSON: {exc}"
+    if not isinstance(value, dict):
+        return value, "request body must be a JSON object"
+    return value, None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from the client: keep it escaped
+        return json.dumps(value, separators=(",", ":")).encode("ascii")

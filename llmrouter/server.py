@@ -1,0 +1,389 @@
+"""The HTTP/1.1 server: anyio sockets and h11. The only module that imports h11.
+
+One task per connection runs h11's request/response cycle: keep-alive,
+pipelined requests in order, `Expect: 100-continue`, limits on header size,
+body size and slow clients, and a watcher that notices a client hanging up
+while its response is being produced. Each connection is an exception
+firewall: nothing that happens on one connection can stop the listener.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import anyio
+import anyio.abc
+import h11
+from anyio.abc import SocketAttribute
+
+from llmrouter import errors
+from llmrouter.config import ServerConfig
+
+log = logging.getLogger("llmrouter.server")
+
+READ_SIZE = 65536
+SERVER_HEADER = ("server", "llmrouter")
+
+
+@dataclass
+class HTTPRequest:
+    method: str
+    target: str
+    path: str
+    query: str
+    headers: dict[str, str]  # lowercase names; repeated headers joined with ", "
+    body: bytes = b""
+    client: str = ""
+
+
+@dataclass
+class ProtocolFailure:
+    """A request the server itself refuses before any handler runs."""
+
+    status: int
+    message: str
+    path: str = "/"
+
+
+Handler = Callable[[HTTPRequest, "ResponseWriter"], Awaitable[None]]
+ErrorRenderer = Callable[[ProtocolFailure], tuple[list[tuple[str, str]], bytes]]
+
+
+class ResponseWriter:
+    """Writes one response on a connection; write failures become ClientGone."""
+
+    def __init__(self, conn: "Connection", head_only: bool) -> None:
+        self._conn = conn
+        self._head_only = head_only
+        self.started = False
+        self.finished = False
+
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.started = True
+        headers = [SERVER_HEADER, *headers]
+        if self._conn.server.closing:
+            headers.append(("connection", "close"))
+        await self._conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+
+    async def send(self, data: bytes) -> None:
+        if data and not self._head_only:
+            await self._conn.send(h11.Data(data=data))
+
+    async def end(self) -> None:
+        self.finished = True
+        await self._conn.send(h11.EndOfMessage())
+
+    async def abort(self) -> None:
+        self.finished = True
+        await self._conn.close_abruptly()
+
+    async def respond(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        await self.start(status, [*headers, ("content-length", str(len(body)))])
+        await self.send(body)
+        await self.end()
+
+
+class Connection:
+    def __init__(self, server: "Server", stream: anyio.abc.SocketStream) -> None:
+        self.server = server
+        self.stream = stream
+        self.limits = server.limits
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        self.closed = False
+        try:
+            host, port = stream.extra(SocketAttribute.remote_address)[:2]
+            self.client = f"{host}:{port}"
+        except Exception:
+            self.client = "?"
+
+    async def send(self, event: h11.Event) -> None:
+        if self.closed:
+            raise errors.ClientGone()
+        try:
+            data = self.h11.send(event)
+            if data:
+                await self.stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            self.h11.send_failed()
+            self.closed = True
+            raise errors.ClientGone() from exc
+        except BaseException:
+            self.h11.send_failed()
+            raise
+
+    async def close_abruptly(self) -> None:
+        self.closed = True
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await self.stream.aclose()
+
+    async def receive(self) -> bool:
+        """Feeds h11 the next bytes; False at EOF or a broken connection."""
+        try:
+            data = await self.stream.receive(READ_SIZE)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            data = b""
+        self.h11.receive_data(data)
+        return bool(data)
+
+    async def run(self) -> None:
+        try:
+            while not self.closed:
+                if not await self.one_cycle():
+                    break
+        finally:
+            await self.close_gracefully()
+
+    async def one_cycle(self) -> bool:
+        """Serves one request; False when the connection should close."""
+        request = await self.read_request()
+        if request is None:
+            return False
+        head_only = request.method == "HEAD"
+        writer = ResponseWriter(self, head_only)
+        self.server.requests_started()
+        try:
+            await self.run_handler(request, writer)
+        finally:
+            self.server.requests_finished()
+        if self.closed or not writer.finished:
+            return False
+        if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is not h11.DONE:
+            return False
+        if self.server.closing:
+            return False
+        self.h11.start_next_cycle()
+        return True
+
+    async def read_request(self) -> HTTPRequest | None:
+        limits = self.limits
+        first_byte_at: float | None = None
+        idle_deadline = anyio.current_time() + limits.keepalive_timeout
+        try:
+            while True:
+                event = self.h11.next_event()
+                if event is h11.NEED_DATA:
+                    idle = self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]
+                    if idle:
+                        deadline = idle_deadline
+                    else:
+                        first_byte_at = first_byte_at or anyio.current_time()
+                        deadline = first_byte_at + limits.header_timeout
+                    with self.server.idle_scope(self, waiting_for_first_byte=idle) as scope:
+                        scope.deadline = min(scope.deadline, deadline)
+                        alive = await self.receive()
+                    if scope.cancelled_caught:
+                        if idle:
+                            return None  # idle keep-alive connection: close quietly
+                        await self.refuse(ProtocolFailure(408, "request headers not received in time"))
+                        return None
+                    if not alive and self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
+                        return None
+                    continue
+                if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                    return None
+                if isinstance(event, h11.Request):
+                    return await self.read_body(event)
+                return None
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            if status == 431 or "too long" in str(exc).lower():
+                status = 431
+            await self.refuse(ProtocolFailure(status, f"malformed HTTP request: {exc}"))
+            return None
+
+    async def read_body(self, event: h11.Request) -> HTTPRequest | None:
+        limits = self.limits
+        target = event.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        headers: dict[str, str] = {}
+        size = len(event.target) + len(event.method) + 12
+        for name, value in event.headers:
+            key = name.decode("latin-1")
+            size += len(name) + len(value) + 4
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        if size > limits.max_header_bytes:
+            await self.refuse(ProtocolFailure(431, f"request headers larger than {limits.max_header_bytes} bytes", path))
+            return None
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            await self.refuse(ProtocolFailure(413, f"request body larger than {limits.max_body_bytes} bytes", path))
+            return None
+        if self.h11.they_are_waiting_for_100_continue:
+            await self.send(h11.InformationalResponse(status_code=100, headers=[]))
+        body = bytearray()
+        with anyio.move_on_after(limits.body_timeout) as scope:
+            while True:
+                ev = self.h11.next_event()
+                if ev is h11.NEED_DATA:
+                    if not await self.receive():
+                        ev = self.h11.next_event()
+                        if ev is h11.NEED_DATA or isinstance(ev, h11.ConnectionClosed):
+                            return None
+                    else:
+                        continue
+                if isinstance(ev, h11.Data):
+                    body += ev.data
+                    if len(body) > limits.max_body_bytes:
+                        await self.refuse(ProtocolFailure(413, f"request body larger than {limits.max_body_bytes} bytes", path))
+                        return None
+                elif isinstance(ev, h11.EndOfMessage):
+                    break
+                else:
+                    return None
+        if scope.cancelled_caught:
+            await self.refuse(ProtocolFailure(408, "request body not received in time", path))
+            return None
+        return HTTPRequest(event.method.decode("ascii", "replace"), target, path, query, headers, bytes(body), self.client)
+
+    async def run_handler(self, request: HTTPRequest, writer: ResponseWriter) -> None:
+        """Runs the handler while watching for the client to hang up."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.watch_disconnect, tg.cancel_scope)
+            try:
+                await self.server.handler(request, writer)
+            except errors.ClientGone:
+                pass
+            except Exception:
+                log.exception("unhandled error serving %s %s", request.method, request.path)
+                if not writer.started:
+                    with contextlib.suppress(errors.ClientGone):
+                        await self.refuse(ProtocolFailure(500, "internal error in the router", request.path), writer)
+                else:
+                    await self.close_abruptly()
+            finally:
+                tg.cancel_scope.cancel()
+        if tg.cancel_scope.cancelled_caught and not writer.finished:
+            await self.close_abruptly()  # the watcher saw the client leave
+
+    async def watch_disconnect(self, scope: anyio.CancelScope) -> None:
+        """Reads ahead while a response is produced: EOF means the client is
+        gone (cancel the handler); bytes are a pipelined request, kept for later."""
+        if self.h11.their_state is not h11.DONE:
+            return
+        try:
+            data = await self.stream.receive(READ_SIZE)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            data = b""
+        if data:
+            self.h11.receive_data(data)
+            return
+        self.closed = True
+        scope.cancel()
+
+    async def refuse(self, failure: ProtocolFailure, writer: ResponseWriter | None = None) -> None:
+        """Answers a request the server cannot serve, then closes the connection."""
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE) or self.closed:
+            self.closed = True
+            return
+        headers, body = self.server.render_error(failure)
+        headers = [SERVER_HEADER, *headers, ("content-length", str(len(body))), ("connection", "close")]
+        with contextlib.suppress(errors.ClientGone):
+            await self.send(h11.Response(status_code=failure.status, headers=headers, reason=_reason(failure.status)))
+            await self.send(h11.Data(data=body))
+            await self.send(h11.EndOfMessage())
+        self.closed = True
+
+    async def close_gracefully(self) -> None:
+        """Half-closes, gives the client a moment to read, then closes."""
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                if not self.closed and self.h11.our_state is not h11.ERROR:
+                    with contextlib.suppress(h11.LocalProtocolError):
+                        data = self.h11.send(h11.ConnectionClosed())
+                        if data:
+                            await self.stream.send(data)
+                    await self.stream.send_eof()
+                    with anyio.move_on_after(1.0):
+                        while await self.stream.receive(READ_SIZE):
+                            pass
+            with contextlib.suppress(Exception):
+                await self.stream.aclose()
+            self.closed = True
+
+
+@dataclass
+class Server:
+    handler: Handler
+    render_error: ErrorRenderer
+    limits: ServerConfig
+    closing: bool = False
+    in_flight: int = 0
+    _idle: dict[Connection, anyio.CancelScope] = field(default_factory=dict)
+    _drained: anyio.Event | None = None
+    _accept_scope: anyio.CancelScope | None = None
+
+    async def serve(self, host: str, port: int, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listens until `shutdown()`, then drains in-flight requests and returns."""
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+        bound = listener.extra(SocketAttribute.local_port)
+        async with anyio.create_task_group() as connections:
+            with anyio.CancelScope() as self._accept_scope:
+                task_status.started(bound)
+                async with listener:
+                    await listener.serve(self._firewall, task_group=connections)
+            await listener.aclose()
+            await self._drain()
+            connections.cancel_scope.cancel()
+
+    async def _firewall(self, stream: anyio.abc.SocketStream) -> None:
+        conn = Connection(self, stream)
+        try:
+            await conn.run()
+        except Exception:
+            log.exception("connection %s failed", conn.client)
+            await conn.close_abruptly()
+
+    def shutdown(self) -> None:
+        """Stops accepting; idle keep-alive connections close; busy ones finish."""
+        self.closing = True
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        for scope in list(self._idle.values()):
+            scope.cancel()
+
+    async def _drain(self) -> None:
+        if self.in_flight:
+            self._drained = anyio.Event()
+            with anyio.move_on_after(self.limits.drain_timeout):
+                await self._drained.wait()
+            if self.in_flight:
+                log.warning("shutdown: %d request(s) still running after %gs; cancelling them", self.in_flight, self.limits.drain_timeout)
+
+    def requests_started(self) -> None:
+        self.in_flight += 1
+
+    def requests_finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._drained is not None:
+            self._drained.set()
+
+    @contextlib.contextmanager
+    def idle_scope(self, conn: Connection, *, waiting_for_first_byte: bool):
+        scope = anyio.CancelScope()
+        if waiting_for_first_byte:
+            if self.closing:
+                scope.cancel()
+            self._idle[conn] = scope
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._idle.pop(conn, None)
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+def loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
