@@ -178,11 +178,16 @@ def _expect(value: Any, types: type | tuple[type, ...], name: str) -> None:
         raise _Bad(f"expected {name}, got {_kind(value)}")
 
 
-def _hint(word: str, options: Any) -> str:
+def _close(word: str, options: Any) -> str | None:
     import difflib  # only needed on the error path
 
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return close[0] if close else None
+
+
+def _hint(word: str, options: Any) -> str:
+    close = _close(word, options)
+    return f" (did you mean '{close}'?)" if close else ""
 
 
 def _str(value: Any) -> str:
@@ -389,10 +394,12 @@ class _Reader:
             self.problem(path, f"expected {what}, got {_kind(value)}")
             return None
         out: dict[str, Any] = {}
+        misspelt = set()  # required keys an unknown key looks like
         for key, item in value.items():
             sub = _join(path, key)
             if key not in spec:
                 self.problem(sub, _unknown_key(key, spec))
+                misspelt.add(_close(key, spec))
                 continue
             check = spec[key]
             if check is None:
@@ -403,7 +410,8 @@ class _Reader:
             except _Bad as exc:
                 self.bad(sub, exc)
         for key in required:
-            if key not in value:
+            # A typo already reported with "did you mean" needs no second line.
+            if key not in value and key not in misspelt:
                 self.problem(_join(path, key), "required key is missing")
         return out
 
@@ -411,6 +419,9 @@ class _Reader:
 def _unknown_key(key: str, known: Mapping[str, Any]) -> str:
     if key in ("api_key", "key", "token", "password", "secret"):
         return "unknown key (keys never live in the file: put it in an environment variable and name it with api_key_env)"
+    if key in _TOP_SPEC and key not in known:
+        # `routers = [...]` written after a [[providers]] table lands inside it.
+        return "unknown key (TOML puts a key into the table above it: move top-level keys before the first [table])"
     return "unknown key" + _hint(key, known)
 
 
@@ -767,12 +778,8 @@ def _entries(r: _Reader, section: str, raw: Any, known: tuple[str, ...]) -> dict
     return out
 
 
-def _check_entries(r: _Reader, classifiers: dict[str, Entry], plugins: dict[str, Entry], declared: Mapping[str, str]) -> None:
-    keyword = classifiers.get("keyword")
-    if keyword is not None:
-        for tag, words in keyword.settings.get("tags", {}).items():
-            if "" in words:
-                r.warnings.append(f"classifiers.keyword.tags.{tag}: an empty keyword matches every request")
+def _check_entries(r: _Reader, plugins: dict[str, Entry], declared: Mapping[str, str]) -> None:
+    # (An empty keyword, which would tag every request, is refused by _str_list.)
     pareto = plugins.get("pareto-router")
     if pareto is None:
         return
@@ -814,7 +821,7 @@ def parse(
     routers = _routers(r, top.get("routers"), declared)
     classifiers = _entries(r, "classifiers", top.get("classifiers"), CLASSIFIER_IDS)
     plugins = _entries(r, "plugins", top.get("plugins"), PLUGIN_IDS)
-    _check_entries(r, classifiers, plugins, declared)
+    _check_entries(r, plugins, declared)
     if r.problems:
         raise ConfigError(r.problems)
     return Config(
