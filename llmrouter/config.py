@@ -386,12 +386,11 @@ class _Reader:
         value: Any,
         spec: Mapping[str, Check | None],
         required: tuple[str, ...] = (),
-        what: str = "a table",
     ) -> dict[str, Any] | None:
         """Check a table against `spec` (key -> check; None = the caller
         checks it). Returns the keys that passed, or None if not a table."""
         if not isinstance(value, dict):
-            self.problem(path, f"expected {what}, got {_kind(value)}")
+            self.problem(path, f"expected a table, got {_kind(value)}")
             return None
         out: dict[str, Any] = {}
         misspelt = set()  # required keys an unknown key looks like
