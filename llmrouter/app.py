@@ -114,7 +114,7 @@ class App:
         origin = request.headers.get("origin")
         if origin and not _same_or_loopback_origin(origin, request.headers.get("host", "")):
             return errors.Forbidden(f"requests from origin {origin!r} are not allowed")
-        key = self.config.server.api_key if hasattr(self.config.server, "api_key") else None
+        key = self.config.server.api_key
         if key:
             presented = request.headers.get("x-api-key") or _bearer(request.headers.get("authorization", ""))
             if not presented or not secrets.compare_digest(presented.encode(), key.encode()):

@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from llmrouter import dotenv
 
-    loaded = dotenv.load_dotenv(".env")
+    try:
+        loaded = dotenv.load_dotenv(".env")
+    except OSError as exc:
+        print(f"llmrouter: cannot read .env: {exc}", file=sys.stderr)
+        return 2
     if loaded:
         logging.getLogger("llmrouter").info("loaded %d variable(s) from .env: %s", len(loaded), ", ".join(loaded))
     if args.command == "check":
@@ -99,20 +103,20 @@ def check(path: str | None) -> int:
 
 
 def serve(path: str | None, host: str | None, port: int | None) -> int:
-    import dataclasses
-
     import anyio
 
+    from llmrouter import config, errors
     from llmrouter.app import App
 
     cfg = _load(path)
     if cfg is None:
         return 2
-    if host is not None or port is not None:
-        server = dataclasses.replace(
-            cfg.server, host=host if host is not None else cfg.server.host, port=port if port is not None else cfg.server.port
-        )
-        cfg = dataclasses.replace(cfg, server=server)
+    try:
+        cfg = config.override_listen(cfg, host=host, port=port)
+    except errors.ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
     log = logging.getLogger("llmrouter")
     for warning in cfg.warnings:
         log.warning("%s", warning)

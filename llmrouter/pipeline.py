@@ -71,6 +71,7 @@ class Exchange:
     response_started: bool = False
     error_sent: bool = False  # an in-band error already went to the client
     encoder: Any = None  # the client-format stream encoder, once streaming
+    collector: canonical.ResponseCollector | None = None  # what a stream carried so far
     raw_reply: bytes | None = None  # an upstream body forwarded unchanged
 
 
@@ -81,6 +82,9 @@ def handle(ctx: Context, ex: Exchange) -> Pipeline:
         yield from _serve(ctx, ex, client)
     except errors.RouterError as err:
         rec.error, rec.error_code = err.message, err.code
+        if ex.collector is not None:  # keep what was streamed before the failure
+            partial = ex.collector.response()
+            rec.response, rec.usage = canonical.response_to_json(partial), partial.usage.to_json()
         if not ex.response_started:
             rec.status = err.status
             yield from _send_error(ex, client, err)
@@ -215,7 +219,7 @@ def _relay_stream(ctx: Context, ex: Exchange, client: Any, req: canonical.Reques
     relay = formats.passthrough(req, decision.provider.format)
     ex.encoder = client.Encoder(req, decision.model)
     decoder = upstream.Decoder()
-    collector = canonical.ResponseCollector(decision.model)
+    collector = ex.collector = canonical.ResponseCollector(decision.model)
     yield StartResponse(200, [*_stream_headers(), *_router_headers(ex, rec)])
     ex.response_started = True
     started = ctx.monotonic()

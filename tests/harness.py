@@ -1,0 +1,113 @@
+"""Run the real router on loopback for a test, in its own background loop.
+
+    with running_router(CONFIG_TOML.format(upstream=fake.url)) as router:
+        client = openai.OpenAI(base_url=router.url + "/v1", api_key="x")
+
+`router.events` collects every event the router published (through the real
+bus, as a subscriber would see them) and `router.records` the `complete` ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from background import BackgroundLoop
+from llmrouter import config as config_module
+from llmrouter.app import App
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def make_config(toml_text: str, environ: Mapping[str, str] | None = None, base_dir: str | None = None) -> config_module.Config:
+    return config_module.parse(tomllib.loads(toml_text), source="test.toml", environ=environ or {}, base_dir=base_dir)
+
+
+@dataclass
+class RunningRouter:
+    app: App
+    port: int
+    loop: BackgroundLoop
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == "complete"]
+
+    def wait_records(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The `complete` records, once at least `count` have been published."""
+        deadline = time.monotonic() + timeout
+        while len(self.records) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {count} complete records, got {len(self.records)}: {self.records}")
+            time.sleep(0.005)
+        return self.records
+
+    def shutdown(self) -> None:
+        self.loop.call(_shutdown, self.app)
+
+
+async def _shutdown(app: App) -> None:
+    app.shutdown()
+
+
+@contextlib.contextmanager
+def running_router(
+    toml_text: str | config_module.Config, environ: Mapping[str, str] | None = None
+) -> Iterator[RunningRouter]:
+    cfg = toml_text if isinstance(toml_text, config_module.Config) else make_config(toml_text, environ)
+    events: list[dict[str, Any]] = []
+    with BackgroundLoop() as loop:
+        holder: list[Any] = [None, events]
+        port = loop.start(_run_with_events, cfg, holder)
+        yield RunningRouter(holder[0], port, loop, events)
+
+
+async def _run_with_events(cfg: config_module.Config, holder: list, *, task_status: anyio.abc.TaskStatus[int]) -> None:
+    app = App(cfg)
+    holder[0] = app
+    events: list[dict[str, Any]] = holder[1]
+    original = app.bus.publish
+
+    def publish(event: dict[str, Any]) -> None:
+        events.append(event)
+        original(event)
+
+    app.driver.publish = publish
+    await app.run(task_status=task_status)
+
+
+def raw_http(port: int, data: bytes, *, timeout: float = 5.0, read_until_close: bool = True) -> bytes:
+    """Sends raw bytes and returns what came back before the router closed
+    (or, with read_until_close=False, the first piece that came back)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        with contextlib.suppress(socket.timeout, ConnectionResetError):
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if not read_until_close:
+                    break
+        return b"".join(chunks)
+
+
+def provider_config(url: str, name: str = "fake", fmt: str = "openai", extra: str = "") -> str:
+    base = url + "/v1" if fmt == "openai" else url
+    return f'[[providers]]\nname = "{name}"\nformat = "{fmt}"\nbase_url = "{base}"\n{extra}\n'
