@@ -59,23 +59,37 @@ class ResponseWriter:
     def __init__(self, conn: "Connection", head_only: bool) -> None:
         self._conn = conn
         self._head_only = head_only
+        self._held = b""  # a response head waiting to go out with its body
         self.started = False
         self.finished = False
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        """Sends the head at once for streams; a response of known length is
+        held back and written together with its body (one write, not three)."""
         self.started = True
         headers = [SERVER_HEADER, *headers]
         if self._conn.server.closing:
             headers.append(("connection", "close"))
-        await self._conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+        event = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+        if any(name == "content-length" for name, _ in headers):
+            self._held = self._conn.serialize(event)
+        else:
+            await self._conn.send(event)
 
     async def send(self, data: bytes) -> None:
-        if data and not self._head_only:
+        if self._head_only:
+            data = b""
+        if self._held:
+            data = self._held + self._conn.serialize(h11.Data(data=data)) if data else self._held
+            self._held = b""
+            await self._conn.write(data)
+        elif data:
             await self._conn.send(h11.Data(data=data))
 
     async def end(self) -> None:
         self.finished = True
-        await self._conn.send(h11.EndOfMessage())
+        held, self._held = self._held, b""
+        await self._conn.write(held + self._conn.serialize(h11.EndOfMessage()))
 
     async def abort(self) -> None:
         self.finished = True
@@ -101,12 +115,20 @@ class Connection:
             self.client = "?"
 
     async def send(self, event: h11.Event) -> None:
+        await self.write(self.serialize(event))
+
+    def serialize(self, event: h11.Event) -> bytes:
         if self.closed:
             raise errors.ClientGone()
+        return self.h11.send(event) or b""
+
+    async def write(self, data: bytes) -> None:
+        if self.closed:
+            raise errors.ClientGone()
+        if not data:
+            return
         try:
-            data = self.h11.send(event)
-            if data:
-                await self.stream.send(data)
+            await self.stream.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             self.h11.send_failed()
             self.closed = True
