@@ -689,3 +689,24 @@ def test_truncated_stream_raises_on_close():
 def test_malformed_frames_are_protocol_errors(frame):
     with pytest.raises(errors.UpstreamProtocolError):
         anthropic.Decoder().feed(frame)
+
+
+EVENT_NAMES = st.sampled_from(
+    ["message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop", "error", "ping", "other"]
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(EVENT_NAMES, JSON, st.sampled_from(["type", "index", "delta", "message", "content_block", "usage"])), max_size=8))
+def test_fuzz_decoder_raises_only_protocol_errors(frames):
+    """Whatever JSON an upstream puts in its events, the decoder fails only as a protocol error."""
+    decoder = anthropic.Decoder()
+    data = b""
+    for name, value, key in frames:
+        payload = {"type": name, key: value}
+        data += f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
+    try:
+        decoder.feed(data)
+        decoder.close()
+    except errors.UpstreamProtocolError:
+        pass
