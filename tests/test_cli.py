@@ -1,0 +1,182 @@
+"""The command line as a user runs it: check, serve, signals, .env, and the README's install."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import httpcore
+import pytest
+
+from fakes import FakeUpstream, Reply
+
+ROOT = Path(__file__).resolve().parent.parent
+CANARY = "sk-canary-7f3a9c1e5b2d4a60"
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    environ["PYTHONPATH"] = str(ROOT)
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "llmrouter", *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def fake_config(url: str, extra: str = "") -> str:
+    return (
+        f'[server]\nport = 0\n[logging]\nenabled = true\npath = "requests.jsonl"\n{extra}\n'
+        f'[[providers]]\nname = "fake"\nformat = "openai"\nbase_url = "{url}/v1"\napi_key_env = "FAKE_KEY"\n'
+        '[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "fake"\n'
+    )
+
+
+def test_version_and_help_for_every_command():
+    assert run_cli("--version").stdout.startswith("llmrouter ")
+    for command in ([], ["serve"], ["check"]):
+        result = run_cli(*command, "--help")
+        assert result.returncode == 0 and "usage: llmrouter" in result.stdout
+
+
+def test_check_prints_what_it_understood():
+    result = run_cli("check", str(ROOT / "config.example.toml"), env={"OPENAI_API_KEY": CANARY})
+    assert result.returncode == 0, result.stderr
+    for word in ("providers", "routers", "listen", "openai"):
+        assert word in result.stdout
+    assert CANARY not in result.stdout + result.stderr
+
+
+def test_check_without_argument_prints_the_built_in_default(tmp_path):
+    result = run_cli("check", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "<built-in default>" in result.stdout and "127.0.0.1:8090" in result.stdout
+
+
+def test_broken_config_exits_2_naming_file_and_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[providers]]\nname = "x"\nformat = "openai"\nbase_ur1 = "http://h"\n')
+    started = time.monotonic()
+    for command in (["check", str(bad)], [str(bad)], ["serve", str(bad)]):
+        result = run_cli(*command)
+        assert result.returncode == 2
+        assert f"{bad}: providers[0].base_ur1" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 3 * 1.5
+
+
+def test_dotenv_is_loaded_without_overriding(tmp_path):
+    (tmp_path / "config.toml").write_text(fake_config("http://127.0.0.1:9"))
+    (tmp_path / ".env").write_text(f'export FAKE_KEY="{CANARY}"  # the key\nOTHER=1\n')
+    result = run_cli("check", cwd=tmp_path)
+    assert "key from $FAKE_KEY: set" in result.stdout
+    assert CANARY not in result.stdout + result.stderr
+    result = run_cli("check", cwd=tmp_path, env={"FAKE_KEY": ""})
+    assert "key from $FAKE_KEY: missing" in result.stdout  # an empty variable that is set wins over .env
+
+
+def start_router(tmp_path: Path, config_text: str, *args: str) -> tuple[subprocess.Popen, str]:
+    (tmp_path / "config.toml").write_text(config_text)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env.update(PYTHONPATH=str(ROOT), FAKE_KEY=CANARY)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmrouter", *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    )
+    line = proc.stderr.readline()
+    match = re.search(r"listening on (http://\S+)", line)
+    assert match, line + proc.stderr.read()
+    return proc, match.group(1)
+
+
+def test_serve_answers_then_stops_cleanly_on_sigterm(tmp_path):
+    with FakeUpstream() as fake:
+        fake.script = lambda request: Reply.text("slow reply", chunks=4, delay=0.15)
+        proc, url = start_router(tmp_path, fake_config(fake.url))
+        try:
+            with httpcore.ConnectionPool() as pool:
+                assert pool.request("GET", url + "/health").content == b"ok"
+                payload = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+                with pool.stream("POST", url + "/v1/chat/completions", headers={"content-type": "application/json"}, content=payload.encode()) as response:
+                    chunks = response.iter_stream()
+                    first = next(chunks)
+                    proc.send_signal(signal.SIGTERM)  # mid-stream: the stream must still finish
+                    rest = b"".join(chunks)
+                assert b"[DONE]" in first + rest
+            assert proc.wait(10) == 0
+        finally:
+            proc.kill()
+        stderr = proc.stderr.read()
+        assert "Traceback" not in stderr and CANARY not in stderr
+        (line,) = (tmp_path / "requests.jsonl").read_text().splitlines()
+        record = json.loads(line)
+        assert record["status"] == 200 and record["response"]["content"] == "slow reply"
+        assert fake.requests[0].headers["authorization"] == f"Bearer {CANARY}"
+        assert CANARY not in line
+
+
+def test_startup_line_names_url_config_providers_and_dashboard(tmp_path):
+    (tmp_path / "config.toml").write_text(fake_config("http://127.0.0.1:9"))
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env.update(PYTHONPATH=str(ROOT), FAKE_KEY=CANARY)
+    proc = subprocess.Popen([sys.executable, "-m", "llmrouter", "serve", "config.toml"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+    assert re.search(r"listening on http://127\.0\.0\.1:\d+ \(config: config\.toml, 1 provider\(s\), dashboard http://\S+/dashboard\)", line), line
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)], check=True, timeout=300
+    )
+    (built,) = out.glob("llmrouter-*.whl")
+    return built
+
+
+def test_wheel_holds_only_the_package(wheel):
+    assert wheel.name.endswith("-py3-none-any.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"llmrouter", next(t for t in tops if t.endswith(".dist-info"))}
+    assert not any(n.endswith(".pth") for n in names)
+    assert "llmrouter/default_config.toml" in names
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    requires = sorted(line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line)
+    assert [re.split(r"[ <>=;]", r)[0] for r in requires] == ["anyio", "h11", "httpcore", "tomli"]
+
+
+def test_readme_install_command_serves_an_answer(tmp_path):
+    """`python3 -m pip install . && llmrouter`, in a fresh virtualenv, then a request through it."""
+    readme = (ROOT / "README.md").read_text()
+    assert "python3 -m pip install . && llmrouter" in readme
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([str(venv / "bin" / "python3"), "-m", "pip", "install", "-q", "."], cwd=ROOT, check=True, timeout=600)
+    with FakeUpstream() as fake:
+        work = tmp_path / "work"
+        work.mkdir()
+        (work / "config.toml").write_text(fake_config(fake.url))
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["FAKE_KEY"] = CANARY
+        proc = subprocess.Popen([str(venv / "bin" / "llmrouter")], cwd=work, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            match = re.search(r"listening on (http://\S+)", proc.stderr.readline())
+            assert match
+            payload = json.dumps({"model": "m", "messages": [{"role": "user", "content": "from the readme"}]}).encode()
+            with httpcore.ConnectionPool() as pool:
+                response = pool.request("POST", match.group(1) + "/v1/chat/completions", headers={"content-type": "application/json"}, content=payload)
+            assert json.loads(response.content)["choices"][0]["message"]["content"] == "echo: from the readme"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0
