@@ -2,12 +2,13 @@
 
 `heal()` keeps the original's steps and its results on its six test vectors,
 with three of its documented false results fixed (see docs/plugins.md):
-  - JSON is cut out of prose only when it stands apart from the prose (starts
-    a line or follows a colon, ends its line), so "see [1] for details" is
-    no longer "healed" to `[1]`;
-  - the JSON's end is where its first bracket closes, not the last closing
-    bracket of the text, so `{"a": [1], "b": {"c": 1` is completed instead of
-    truncated to `{"a": [1]}`;
+  - an array without strings or objects that reads as prose is left alone:
+    inside a sentence ("see [1] for details" was "healed" to `[1]`), or at
+    the start of a line with words after it ("[1] Smith et al.");
+  - a value that starts its line (or follows a colon) and never closes is
+    first completed whole (the original's cut is the fallback), so
+    `{"a": [1], "b": {"c": 1` is completed instead of truncated to
+    `{"a": [1]}` at the last closing bracket;
   - trailing commas are removed after balancing and outside strings only, so
     `{"a": 1,` heals and `"x,}"` inside a string is left alone.
 """
@@ -80,21 +81,44 @@ def _scan(t: str, start: int = 0, *, stop_when_closed: bool = False) -> tuple[li
     return stack, in_string, i
 
 
-def _trim_prose(t: str) -> str:
+def _line_head(t: str, i: int) -> str:
+    return t[t.rfind("\n", 0, i) + 1 : i].strip()
+
+
+def _line_tail(t: str, i: int) -> str:
+    nl = t.find("\n", i)
+    return t[i + 1 : nl if nl >= 0 else len(t)].strip()
+
+
+def _trimmed(t: str) -> list[str]:
+    """Where the JSON may be in `t`, most likely first (prose cut away)."""
     starts = [i for i in (t.find("{"), t.find("[")) if i >= 0]
     if not starts:
-        return t
+        return [t]
     s = min(starts)
-    line_head = t[t.rfind("\n", 0, s) + 1 : s].strip()
-    if line_head and not line_head.endswith(":"):
-        return t  # a bracket inside a sentence, e.g. a citation
-    stack, _, end = _scan(t, s, stop_when_closed=True)
-    if stack:
-        return t[s:]  # never closes: truncated output, keep all of it
-    line_end = t.find("\n", end)
-    if t[end + 1 : line_end if line_end >= 0 else len(t)].strip():
-        return t  # more sentence after the closing bracket
-    return t[s : end + 1]
+    head = _line_head(t, s)
+    stack, _, k = _scan(t, s, stop_when_closed=True)
+    if t[s] == "[" and _citation(t, s, k, head, closed=not stack):
+        return [t]
+    e = max(t.rfind("}"), t.rfind("]"))
+    cut = t[s : e + 1] if e >= s else t  # the original's: up to the last closer
+    if stack and (not head or head.endswith(":")):
+        # The value never closes (truncated output): complete all of it, and
+        # only if that fails fall back to the original's cut.
+        return [t[s:], cut]
+    return [cut]
+
+
+def _citation(t: str, s: int, k: int, head: str, closed: bool) -> bool:
+    """An array that reads as prose: it holds no string or object, and it sits
+    inside a sentence ("see [1] for details") or is followed by words on its
+    one line ("[1] Smith et al.")."""
+    body = t[s : k + 1]
+    if '"' in body or "{" in body:
+        return False
+    if head and not head.endswith(":"):
+        return True
+    return not head and closed and "\n" not in body and bool(_line_tail(t, k))
 
 
 def _remove_trailing_commas(t: str) -> str:
@@ -126,11 +150,12 @@ def _remove_trailing_commas(t: str) -> str:
 
 def heal(text: str) -> str | None:
     """The repaired JSON text, or None when `text` cannot be made into JSON."""
-    t = _trim_prose(_strip_fence(text.strip()))
-    stack, in_string, _ = _scan(t)
-    t += ('"' if in_string else "") + "".join(reversed(stack))
-    t = _remove_trailing_commas(t)
-    return t if is_json(t) else None
+    for t in _trimmed(_strip_fence(text.strip())):
+        stack, in_string, _ = _scan(t)
+        t = _remove_trailing_commas(t + ('"' if in_string else "") + "".join(reversed(stack)))
+        if is_json(t):
+            return t
+    return None
 
 
 class ResponseHealing(Plugin):
