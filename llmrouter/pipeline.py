@@ -239,7 +239,9 @@ def _relay_stream(ctx: Context, ex: Exchange, client: Any, req: canonical.Reques
                 if isinstance(event, canonical.StreamError):
                     failure = event
             if relay:
-                if req.include_usage or not _usage_only(frame):
+                # OpenAI upstreams are always asked for stream usage; a client
+                # that did not ask for it does not get that extra frame.
+                if req.include_usage or decision.provider.format != "openai" or not _usage_only(frame):
                     out.append(frame.raw)
             else:
                 out.extend(ex.encoder.encode(e) for e in frame.events if not isinstance(e, canonical.StreamError))

@@ -1,0 +1,213 @@
+"""The pure pipeline, driven by hand: every command it yields, no sockets, no event loop."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from harness import make_config
+from llmrouter import errors, events
+from llmrouter.commands import (
+    AbortResponse,
+    EndResponse,
+    Log,
+    OpenUpstream,
+    Publish,
+    ReadUpstream,
+    ReadUpstreamBody,
+    SendBody,
+    StartResponse,
+    UpstreamHead,
+)
+from llmrouter.pipeline import Context, Exchange, handle
+
+CONFIG = """
+[[providers]]
+name = "a"
+format = "openai"
+base_url = "http://a.invalid/v1"
+cost_per_1m_tokens = 1.0
+[[providers]]
+name = "b"
+format = "anthropic"
+base_url = "http://b.invalid"
+cost_per_1m_tokens = 2.0
+[[routers]]
+type = "price"
+[classifiers.keyword]
+enabled = true
+[classifiers.keyword.tags]
+code = ["python"]
+"""
+
+OPENAI_REPLY = json.dumps(
+    {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+).encode()
+
+
+class Playbook:
+    """Steps a pipeline, answering each command the way the driver would."""
+
+    def __init__(self, body: dict[str, Any] | bytes, config_text: str = CONFIG, client_format: str = "openai") -> None:
+        self.ctx = Context(config=make_config(config_text), clock_ms=lambda: 1000, monotonic=lambda: 0.0)
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.ex = Exchange(0, "req-1", client_format, {}, raw, events.Record(0, "req-1", client_format))
+        self.gen = handle(self.ctx, self.ex)
+        self.pending = next(self.gen)
+        self.seen: list[Any] = []
+        self.done = False
+
+    def _advance(self, reply: Any = None, throw: BaseException | None = None) -> None:
+        self.seen.append(self.pending)
+        try:
+            self.pending = self.gen.throw(throw) if throw else self.gen.send(reply)
+        except StopIteration:
+            self.done = True
+
+    def expect(self, kind: type, reply: Any = None) -> Any:
+        """Skips Publish/Log commands, checks the next real one, answers it."""
+        while isinstance(self.pending, (Publish, Log)) and kind not in (Publish, Log):
+            self._advance()
+        command = self.pending
+        assert isinstance(command, kind), f"expected {kind.__name__}, got {command!r}"
+        self._advance(reply)
+        return command
+
+    def fail(self, kind: type, error: errors.RouterError) -> Any:
+        while isinstance(self.pending, (Publish, Log)):
+            self._advance()
+        command = self.pending
+        assert isinstance(command, kind), f"expected {kind.__name__}, got {command!r}"
+        self._advance(throw=error)
+        return command
+
+    def finish(self) -> None:
+        while not self.done:
+            assert isinstance(self.pending, (Publish, Log)), f"unexpected {self.pending!r}"
+            self._advance()
+
+    @property
+    def published(self) -> list[dict]:
+        return [c.event for c in self.seen if isinstance(c, Publish)]
+
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "write python"}]}
+
+
+def test_success_event_sequence_and_record():
+    p = Playbook(BODY)
+    opened = p.expect(OpenUpstream, UpstreamHead(200, []))
+    assert opened.provider.name == "a"  # cheapest first
+    p.expect(ReadUpstreamBody, OPENAI_REPLY)
+    start = p.expect(StartResponse)
+    assert start.status == 200 and ("x-router-tags", "code") in start.headers
+    body = p.expect(SendBody)
+    assert body.data == OPENAI_REPLY  # same format: the upstream's bytes, untouched
+    p.expect(EndResponse)
+    p.finish()
+    assert [e["type"] for e in p.published] == ["start", "classified", "routed"]
+    rec = p.ex.record
+    assert (rec.status, rec.provider, rec.tags, rec.error) == (200, "a", ["code"], None)
+    assert rec.response["content"] == "hello" and rec.usage == {"input_tokens": 3, "output_tokens": 1}
+
+
+def test_falls_back_before_the_first_byte():
+    p = Playbook(BODY)
+    first = p.fail(OpenUpstream, errors.UpstreamConnectError("refused"))
+    assert first.provider.name == "a"
+    second = p.expect(OpenUpstream, UpstreamHead(200, []))
+    assert second.provider.name == "b" and second.call.path == "/v1/messages"
+    p.expect(ReadUpstreamBody, json.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}}).encode())
+    p.expect(StartResponse)
+    reply = json.loads(p.expect(SendBody).data)
+    assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["content"] == "hi"
+    p.expect(EndResponse)
+    p.finish()
+    assert [e["provider"] for e in p.published if e["type"] == "routed"] == ["a", "b"]
+    assert [(a.provider, a.outcome) for a in p.ex.record.attempts] == [("a", "error"), ("b", "ok")]
+
+
+def test_non_retryable_error_is_not_retried():
+    p = Playbook(BODY)
+    p.expect(OpenUpstream, UpstreamHead(400, [], b'{"error": {"message": "bad tools"}}'))
+    start = p.expect(StartResponse)
+    assert start.status == 400
+    assert "bad tools" in json.loads(p.expect(SendBody).data)["error"]["message"]
+    p.expect(EndResponse)
+    p.finish()
+    assert len(p.ex.record.attempts) == 1
+
+
+def test_no_fallback_after_the_stream_started():
+    p = Playbook({**BODY, "stream": True})
+    p.expect(OpenUpstream, UpstreamHead(200, []))
+    p.expect(StartResponse)
+    p.expect(ReadUpstream, b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"par"},"finish_reason":null}]}\n\n')
+    p.expect(SendBody)
+    p.fail(ReadUpstream, errors.UpstreamTimeout("no data"))
+    error = p.expect(SendBody)
+    assert b'"error"' in error.data and b"[DONE]" not in error.data
+    p.expect(AbortResponse)
+    p.finish()
+    assert len(p.ex.record.attempts) == 1
+    assert p.ex.record.error == "no data" and p.ex.record.response["content"] == "par"
+
+
+def test_no_route_is_404_in_the_client_format():
+    config = CONFIG.replace('type = "price"', 'type = "prefix"\nmodel_prefix = "x/"\nprovider = "a"')
+    p = Playbook({**BODY, "max_tokens": 5}, config, client_format="anthropic")
+    start = p.expect(StartResponse)
+    assert start.status == 404
+    body = json.loads(p.expect(SendBody).data)
+    assert body["type"] == "error" and "no provider configured for model 'm'" in body["error"]["message"]
+    p.expect(EndResponse)
+    p.finish()
+    assert [e["type"] for e in p.published] == ["start", "classified"]
+    assert p.ex.record.error_code == "model_not_found"
+
+
+def test_invalid_json_still_publishes_start():
+    p = Playbook(b"{oops")
+    start = p.expect(StartResponse)
+    assert start.status == 400
+    p.expect(SendBody)
+    p.expect(EndResponse)
+    p.finish()
+    assert p.published[0]["type"] == "start"
+
+
+@pytest.mark.parametrize("attempts, expected", [(1, ["a"]), (2, ["a", "b"])])
+def test_max_attempts_bounds_fallback(attempts, expected):
+    p = Playbook(BODY, CONFIG + f"\n[server]\nmax_attempts = {attempts}\n")
+    for _ in expected:
+        p.fail(OpenUpstream, errors.UpstreamStatusError("busy", status=503))
+    start = p.expect(StartResponse)
+    assert start.status == 503
+    p.expect(SendBody)
+    p.expect(EndResponse)
+    p.finish()
+    assert [a.provider for a in p.ex.record.attempts] == expected
+
+
+def test_plugin_answer_skips_providers():
+    config = CONFIG + '\n[plugins.pareto-router]\nenabled = true\ndefault_tier = "low"\n[plugins.pareto-router.tiers]\nlow = ["b", "a"]\n'
+    p = Playbook(BODY, config)
+    opened = p.expect(OpenUpstream, UpstreamHead(503, [], b"{}"))
+    assert opened.provider.name == "b"  # the tier's order, not the price rule's
+    opened = p.expect(OpenUpstream, UpstreamHead(200, []))
+    assert opened.provider.name == "a"
+    p.expect(ReadUpstreamBody, OPENAI_REPLY)
+    p.expect(StartResponse)
+    p.expect(SendBody)
+    p.expect(EndResponse)
+    p.finish()
+    assert "pareto-router" in p.ex.record.plugins
