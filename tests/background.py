@@ -61,7 +61,7 @@ class BackgroundLoop:
                 f"background loop still running {self.stop_timeout}s after cancellation"
             )
         if self._crash is not None and exc_type is None:
-            raise self._crash
+            raise _unwrap(self._crash)
 
     def _run(self, ready: Future[BlockingPortal]) -> None:
         try:
@@ -110,3 +110,10 @@ class BackgroundLoop:
     async def _start_soon(self, async_fn: Callable[..., Awaitable[Any]], args: tuple) -> None:
         assert self._group is not None
         self._group.start_soon(async_fn, *args)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one real error inside task-group wrappers, so tests can match it."""
+    while len(getattr(exc, "exceptions", ())) == 1:
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return exc
