@@ -88,7 +88,7 @@ def _rule_decisions(
     if kind == "prefix":
         prefix = rule.model_prefix or ""
         if model.startswith(prefix):
-            if rule.rewrite_model is None and getattr(rule, "strip_prefix", False):
+            if rule.rewrite_model is None and rule.strip_prefix:
                 target = model[len(prefix):]
             if target:
                 yield rule.provider, target
