@@ -100,8 +100,9 @@ def parse_tool_choice(value: Any, path: str = "tool_choice") -> str | dict[str, 
         return None
     # Chat completions nest the name under `function`; the Responses API does not.
     fn = take(choice, "function", "object", path)
-    name = take(fn, "name", "string", f"{path}.function", True) if fn else take(choice, "name", "string", path, True)
-    return {"name": name}
+    if fn is not None:
+        return {"name": take(fn, "name", "string", f"{path}.function", required=True)}
+    return {"name": take(choice, "name", "string", path, required=True)}
 
 
 def new_id(prefix: str) -> str:

@@ -54,6 +54,9 @@ def parse_request(body: object) -> c.Request:
             param="previous_response_id",
         )
     instructions = take(body, "instructions", "string")
+    ignored = [key for key in IGNORED_FIELDS if key in body]
+    if ignored:
+        log.debug("ignored Responses fields %s", ", ".join(ignored))
     items = body.get("input")
     if isinstance(items, str):
         items = [{"type": "message", "role": "user", "content": items}]
