@@ -150,6 +150,10 @@ class Fault:
     kind: str = "close"
     message: str = "fault injected by the test"
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("close", "reset", "hang", "partial", "error", "end"):
+            raise ValueError(f"unknown fault kind {self.kind!r}")
+
 
 @dataclass(frozen=True)
 class ToolCall:
@@ -234,15 +238,22 @@ class Reply:
         return cls(headers=extra, build=build)
 
 
+STOP_REASONS = ("end_turn", "max_tokens", "tool_use", "stop_sequence")  # Anthropic's names
+
+
 @dataclass(frozen=True)
 class _Answer:
     text: str | None
     calls: tuple[ToolCall, ...]
     chunks: int | None
     delay: float
-    stop: str | None
+    stop: str | None  # one of STOP_REASONS; each format maps it to its own word
     usage: tuple[int, int] | None
     fault: Fault | None
+
+    def __post_init__(self) -> None:
+        if self.stop is not None and self.stop not in STOP_REASONS:
+            raise ValueError(f"stop must be one of {STOP_REASONS}, not {self.stop!r}")
 
 
 def drip(data: bytes, size: int = 1, interval: float = 0.5) -> list[Action]:

@@ -526,3 +526,18 @@ def test_reset_is_a_tcp_rst_and_close_is_a_fin(fake):
     closed = exchange(fake, "/v1/chat/completions", payload)
     assert (reset.status, reset.error) == (200, "ConnectionResetError")
     assert (len(closed.chunks), closed.error) == (1, "RemoteProtocolError")
+
+
+def test_stop_reasons_map_to_each_format(fake):
+    """One canonical stop reason, each format's own word for it."""
+    fake.enqueue(*[Reply.text("x", stop="max_tokens")] * 3)
+    assert oai(fake).chat.completions.create(
+        model="m", messages=USER).choices[0].finish_reason == "length"
+    assert claude(fake).messages.create(
+        model="c", max_tokens=1, messages=USER).stop_reason == "max_tokens"
+    result = exchange(fake, "/api/chat", {"model": "m", "messages": USER, "stream": False})
+    assert json.loads(result.body)["done_reason"] == "length"
+    with pytest.raises(ValueError):
+        Reply.text("x", stop="length")
+    with pytest.raises(ValueError):
+        Fault(kind="explode")
