@@ -10,7 +10,7 @@ import sys
 
 from llmrouter import __version__
 
-COMMANDS = ("serve", "check")
+COMMANDS = ("serve", "check", "watch", "tui")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -34,7 +34,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="override server.port")
     check = sub.add_parser("check", help="validate a config and print what it means")
     check.add_argument("config", nargs="?", help="config file (default ./config.toml, else the built-in default)")
+    _add_view_parsers(sub)
     return parser
+
+
+def _add_view_parsers(sub) -> None:
+    """`watch` and `tui`: clients of a running router's event feed (they read no config)."""
+    from llmrouter.tui_state import DEFAULT_MODEL
+    from llmrouter.watch import API_KEY_ENV, DEFAULT_URL
+
+    url_help = f"the router's address (default {DEFAULT_URL}); sends ${API_KEY_ENV} as the key when set"
+    watch = sub.add_parser("watch", help="print every request's lifecycle as it happens")
+    watch.add_argument("url", nargs="?", default=DEFAULT_URL, help=url_help)
+    colors = watch.add_mutually_exclusive_group()
+    colors.add_argument("--color", dest="color", action="store_const", const=True, help="colours even when not on a terminal")
+    colors.add_argument("--no-color", dest="color", action="store_const", const=False, help="never colour")
+    watch.add_argument("--json", action="store_true", help="print each event as one line of JSON")
+    tui = sub.add_parser("tui", help="full-screen live view with stats and a chat client")
+    tui.add_argument("url", nargs="?", default=DEFAULT_URL, help=url_help)
+    tui.add_argument("--model", default=DEFAULT_MODEL, help=f"the chat's first model (default {DEFAULT_MODEL}; `:model NAME` changes it)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("llmrouter").info("loaded %d variable(s) from .env: %s", len(loaded), ", ".join(loaded))
     if args.command == "check":
         return check(args.config)
+    if args.command == "watch":
+        from llmrouter import watch
+
+        return watch.run(args.url, watch.use_color(args.color), args.json)
+    if args.command == "tui":
+        from llmrouter import tui
+
+        return tui.run(args.url, args.model)
     return serve(args.config, args.host, args.port)
 
 
@@ -95,10 +121,14 @@ def _load(path: str | None):
 def check(path: str | None) -> int:
     from llmrouter import config
 
+    from llmrouter import router
+
     cfg = _load(path)
     if cfg is None:
         return 2
     print(config.describe(cfg))
+    for warning in router.check_rules(cfg):
+        print(f"  - {warning}")
     return 0
 
 
@@ -117,8 +147,10 @@ def serve(path: str | None, host: str | None, port: int | None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
+    from llmrouter import router
+
     log = logging.getLogger("llmrouter")
-    for warning in cfg.warnings:
+    for warning in (*cfg.warnings, *router.check_rules(cfg)):
         log.warning("%s", warning)
 
     async def main_task() -> None:

@@ -52,8 +52,7 @@ class RequestLog:
         data = ("\n".join(batch) + "\n").encode("utf-8", "replace")
         try:
             if self._fd is None:
-                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                self._fd = _open_for_append(self.path)
             view = memoryview(data)
             while view:
                 written = os.write(self._fd, view)
@@ -67,3 +66,14 @@ class RequestLog:
             if now - self._last_report >= REPORT_EVERY:
                 self._last_report = now
                 log.warning("cannot write request log %s: %s (%d lines lost so far)", self.path, exc, self.lost)
+
+
+def _open_for_append(path: str) -> int:
+    """Opens the log; a last line cut short by a hard kill gets its newline,
+    so the next record starts on a line of its own."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        os.write(fd, b"\n")
+    return fd
