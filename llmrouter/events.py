@@ -117,3 +117,29 @@ class Record:
 def dumps(event: dict[str, Any]) -> str:
     """Compact, single-line JSON (safe inside one SSE data line and one log line)."""
     return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+# Fields every reader can rely on, per event type (the original's names).
+REQUIRED = {
+    "start": {"id": int, "ts_ms": int, "model": str, "in_flight": int},
+    "classified": {"id": int, "ts_ms": int, "tags": list},
+    "routed": {"id": int, "ts_ms": int, "provider": str, "model": str},
+    "complete": {"id": int, "ts_ms": int, "requested_model": str, "sent_model": str, "duration_ms": int, "tags": list, "plugins": list, "messages": list},
+    "dropped": {"count": int},
+}
+
+
+def parse(text: str) -> dict[str, Any]:
+    """Reads one event (ours, or the original tool's), checking the fields
+    readers rely on. Raises ValueError for anything else."""
+    event = json.loads(text)
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise ValueError("an event is a JSON object with a string `type`")
+    required = REQUIRED.get(event["type"])
+    if required is None:
+        return event  # a newer event type: readers skip what they do not know
+    for name, kind in required.items():
+        value = event.get(name)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"{event['type']} event: `{name}` must be {kind.__name__}")
+    return event
