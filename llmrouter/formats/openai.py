@@ -393,6 +393,8 @@ class Encoder:
     def encode(self, event: c.StreamEvent) -> bytes:
         if not self._head:  # the role chunk goes first, whatever the first event is
             if isinstance(event, c.MessageStart):
+                if event.usage:  # Anthropic reports input tokens only here
+                    merge_usage(self._usage, event.usage)
                 return self._start(event.id, event.model)
             return self._start() + self.encode(event)
         if isinstance(event, c.TextDelta):

@@ -331,6 +331,8 @@ class Encoder:
     def encode(self, event: c.StreamEvent) -> bytes:
         if not self._started:
             if isinstance(event, c.MessageStart):
+                if event.usage:  # Anthropic reports input tokens only here
+                    merge_usage(self._usage, event.usage)
                 return self._start(event.model)
             return self._start() + self.encode(event)
         if self._ended:
