@@ -219,6 +219,8 @@ class ResponseCollector:
         self.id = ""
         self.model = model
         self.parts: list[Part] = []
+        self._pieces: list[str] = []  # text deltas of the open text part, joined once
+        self._arg_pieces: dict[int, list[str]] = {}
         self.calls: dict[int, ToolCall] = {}
         self.usage = Usage()
         self.stop_reason: str | None = None
@@ -226,20 +228,24 @@ class ResponseCollector:
         self.error: StreamError | None = None
 
     def add(self, event: StreamEvent) -> None:
+        # Deltas are collected in lists: `part.text += delta` would copy the
+        # whole text for every delta (quadratic on long replies).
         if isinstance(event, TextDelta):
-            if self.parts and isinstance(self.parts[-1], Text):
-                self.parts[-1].text += event.text
-            else:
-                self.parts.append(Text(event.text))
+            if not (self.parts and isinstance(self.parts[-1], Text)):
+                self._close_text()
+                self.parts.append(Text(""))
+            self._pieces.append(event.text)
         elif isinstance(event, ToolCallDelta):
-            call = self.calls.get(event.index)
-            if call is not None:
-                call.arguments += event.arguments
+            if event.index in self.calls:
+                self._arg_pieces[event.index].append(event.arguments)
         elif isinstance(event, ToolCallStart):
+            self._close_text()
             call = ToolCall(event.id, event.name, "")
             self.calls[event.index] = call
+            self._arg_pieces[event.index] = []
             self.parts.append(call)
         elif isinstance(event, OpaqueBlock):
+            self._close_text()
             self.parts.append(event.part)
         elif isinstance(event, UsageUpdate):
             self.merge_usage(event.usage)
@@ -264,8 +270,19 @@ class ResponseCollector:
         if usage.cache_write_tokens is not None:
             self.usage.cache_write_tokens = usage.cache_write_tokens
 
+    def _close_text(self) -> None:
+        if self._pieces:
+            text = self.parts[-1] if self.parts and isinstance(self.parts[-1], Text) else None
+            if text is not None:
+                text.text += "".join(self._pieces)
+            self._pieces = []
+
     def response(self) -> Response:
-        for call in self.calls.values():
+        """The reply so far (callable more than once, e.g. after a failure)."""
+        self._close_text()
+        for index, call in self.calls.items():
+            call.arguments += "".join(self._arg_pieces[index])
+            self._arg_pieces[index] = []
             if not call.arguments:
                 call.arguments = "{}"
         return Response(

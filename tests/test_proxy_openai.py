@@ -268,3 +268,61 @@ def test_client_disconnect_while_waiting_closes_upstream(fake):
         fake.wait_peer_closed(1, timeout=3)
         (record,) = router.wait_records(1)
         assert record["error_code"] == "client_disconnected"
+
+
+def test_slow_client_slows_the_upstream_instead_of_queueing():
+    """Backpressure: while the client does not read, the router stops reading the upstream."""
+    chunk = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"' + b"x" * 8000 + b'"},"finish_reason":null}]}\n\n'
+    total_chunks = 4000  # ~32 MB: far more than any socket buffers can hold
+    sent = [0]
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def upstream() -> None:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+        try:
+            for _ in range(total_chunks):
+                conn.sendall(chunk)
+                sent[0] += 1
+            conn.sendall(b"data: [DONE]\n\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    import threading
+
+    thread = threading.Thread(target=upstream, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    with running_router(config_for(url)) as router:
+        payload = json.dumps({"model": "m", "messages": MESSAGES, "stream": True}).encode()
+        with socket.create_connection(("127.0.0.1", router.port)) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
+            )
+            sock.recv(4096)  # the head and a little data; then the client stalls
+            deadline = time.monotonic() + 5
+            previous = -1
+            while sent[0] != previous and time.monotonic() < deadline:  # wait until the upstream is blocked
+                previous = sent[0]
+                time.sleep(0.3)
+            stalled_at = sent[0]
+            assert stalled_at < total_chunks // 4, f"the router kept reading: {stalled_at} chunks sent"
+            received = 0
+            sock.settimeout(10)
+            while True:  # the client reads again: everything arrives
+                data = sock.recv(1 << 20)
+                if not data:
+                    break
+                received += len(data)
+                if received > total_chunks * len(chunk):
+                    break
+        assert sent[0] == total_chunks
+    listener.close()
