@@ -19,6 +19,11 @@ from typing import Any
 
 import httpcore
 
+try:
+    import curses
+except ImportError:  # Windows without the windows-curses package
+    curses = None  # type: ignore[assignment]
+
 from llmrouter.sse import SSESplitter
 from llmrouter.tui_state import QUIT, Send, State, chat_frame, http_error, on_key, reduce, render, text_width
 from llmrouter.watch import Feed, FeedRefused, auth_headers, describe
@@ -29,9 +34,7 @@ HTTP_ERRORS = (httpcore.NetworkError, httpcore.TimeoutException, httpcore.Protoc
 
 
 def run(base_url: str, model: str) -> int:
-    try:
-        import curses
-    except ImportError:
+    if curses is None:
         print("llmrouter tui: this Python has no curses module; use `llmrouter watch` instead", file=sys.stderr)
         return 2
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
@@ -59,6 +62,8 @@ def pump_feed(base_url: str, put) -> None:
                 threading.Thread(target=fetch_prices, args=(base_url, put), name="prices", daemon=True).start()
     except FeedRefused as exc:
         put({"type": "feed", "state": "refused", "error": str(exc)})
+    except Exception as exc:  # a thread's last word: show it rather than a silently frozen feed
+        put({"type": "feed", "state": "refused", "error": f"internal error: {exc!r}"})
 
 
 def fetch_prices(base_url: str, put) -> None:
@@ -91,9 +96,9 @@ def stream_chat(base_url: str, send: Send, put) -> None:
                 if response.status >= 400:
                     report(error=http_error(response.status, response.read()))
                     return
-                ctype = dict(response.headers).get(b"content-type", b"").decode("latin-1")
+                ctype = {k.lower(): v for k, v in response.headers}.get(b"content-type", b"").decode("latin-1")
                 if "event-stream" not in ctype:
-                    _whole_reply(response.read(), report)
+                    report(error=f"expected a streamed reply, got {ctype or 'no content-type'}")
                     return
                 splitter = SSESplitter()
                 for chunk in response.iter_stream():
@@ -106,18 +111,8 @@ def stream_chat(base_url: str, send: Send, put) -> None:
         report(error="the reply ended before it was complete")
     except HTTP_ERRORS as exc:
         report(error=describe(exc))
-
-
-def _whole_reply(body: bytes, report) -> None:
-    """A JSON answer to a stream request (a plugin may answer so): one message."""
-    try:
-        text = json.loads(body)["choices"][0]["message"]["content"] or ""
-    except (ValueError, KeyError, IndexError, TypeError):
-        report(error=f"unreadable reply: {body[:200].decode('utf-8', 'replace')}")
-        return
-    if text:
-        report(delta=text)
-    report(done=True)
+    except Exception as exc:  # a thread's last word: the chat must not wait forever
+        report(error=f"internal error: {exc!r}")
 
 
 # --- the curses loop -----------------------------------------------------------------
@@ -126,8 +121,6 @@ STYLE_COLORS = {"cyan": 6, "blue": 4, "yellow": 3, "magenta": 5, "red": 1, "gree
 
 
 def _main(stdscr, base_url: str, model: str, inbox: queue.SimpleQueue) -> None:
-    import curses
-
     curses.raw()  # Ctrl-C arrives as a key: quitting restores the terminal the same way as q
     curses.noecho()
     stdscr.keypad(True)
@@ -136,7 +129,7 @@ def _main(stdscr, base_url: str, model: str, inbox: queue.SimpleQueue) -> None:
         curses.curs_set(0)
     except curses.error:
         pass  # a terminal that cannot hide its cursor
-    styles = _styles(curses)
+    styles = _styles()
     ascii_only = "utf" not in (locale.getpreferredencoding(False) or "").lower()
     state = State(model=model)
     while True:
@@ -146,12 +139,12 @@ def _main(stdscr, base_url: str, model: str, inbox: queue.SimpleQueue) -> None:
             except queue.Empty:
                 break
         height, width = stdscr.getmaxyx()
-        _draw(curses, stdscr, render(state, height, width, int(time.time() * 1000)), styles, ascii_only)
+        _draw(stdscr, render(state, height, width, int(time.time() * 1000)), styles, ascii_only)
         try:
             key = stdscr.get_wch()
         except curses.error:
             continue  # no key within the tick
-        name = key_name(curses, key)
+        name = key_name(key)
         if name is None:
             continue
         if name == "resize":
@@ -164,7 +157,7 @@ def _main(stdscr, base_url: str, model: str, inbox: queue.SimpleQueue) -> None:
             threading.Thread(target=stream_chat, args=(base_url, effect, inbox.put), name="chat", daemon=True).start()
 
 
-def _styles(curses) -> dict[str, int]:
+def _styles() -> dict[str, int]:
     styles = {"bold": curses.A_BOLD, "dim": curses.A_DIM, "border": curses.A_DIM}
     if curses.has_colors():
         try:
@@ -186,7 +179,7 @@ def _styles(curses) -> dict[str, int]:
 ASCII = str.maketrans({"─": "-", "│": "|", "┌": "+", "┐": "+", "└": "+", "┘": "+", "⋯": ".", "●": "*", "▸": ">", "█": "_", "→": ">", "…": ".", "✗": "x", "↑": "^", "↓": "v"})
 
 
-def _draw(curses, stdscr, rows: list, styles: dict[str, int], ascii_only: bool) -> None:
+def _draw(stdscr, rows: list, styles: dict[str, int], ascii_only: bool) -> None:
     stdscr.erase()
     for y, row in enumerate(rows):
         x = 0
@@ -202,7 +195,7 @@ def _draw(curses, stdscr, rows: list, styles: dict[str, int], ascii_only: bool) 
     curses.doupdate()
 
 
-def key_name(curses, key: Any) -> str | None:
+def key_name(key: Any) -> str | None:
     """curses' key (a str, or an int for special keys) as tui_state names it."""
     if isinstance(key, int):
         return {

@@ -419,7 +419,10 @@ def _entry_lines(e: dict[str, Any], prices: dict[str, float | None]) -> list[lis
         price = prices.get(e.get("provider") or "")
         if price is not None:
             head.append((f"  {money((tin + tout) * price / 1_000_000)}", "dim"))
-    lines = [head, [("  prompt: ", "dim"), (_clip(prompt_of(e.get("messages"))), "")]]
+    lines = [head]
+    prompt = prompt_of(e.get("messages"))
+    if prompt:
+        lines.append([("  prompt: ", "dim"), (_clip(prompt), "")])
     response = e.get("response") if isinstance(e.get("response"), dict) else None
     if failed:
         lines.append([("  error: ", "red"), (_clip(error_text(e)), "red")])
@@ -518,13 +521,16 @@ def _conversation(s: State, width: int) -> list[tuple[str, str]]:
 
 def wrap(text: str, width: int) -> list[str]:
     """Greedy word wrap to `width` columns; leading indentation is kept on every
-    line, and a word longer than a line is cut."""
+    line, and a word longer than a line is cut. (A wide character still takes
+    two columns on a one-column line; the canvas clips it.)"""
     text = clean(text)
     body = text.lstrip(" ")
     indent = text[: len(text) - len(body)]
+    if width < 1:
+        return []
+    if width - len(indent) < 2:
+        indent = ""  # too narrow to indent (a wide character needs 2): the words matter more
     room = width - len(indent)
-    if room < 1:
-        return [text[:width]] if width > 0 else []
     lines: list[str] = []
     line = ""
     for word in body.split(" "):
