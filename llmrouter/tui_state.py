@@ -361,7 +361,7 @@ def render(state: State, height: int, width: int, now_ms: int) -> list[Row]:
         canvas.put(1, 0, "q quits", "dim")
         return canvas.rows()
     top = height * 60 // 100
-    left = width * 35 // 100
+    left = max(width * 35 // 100, min(38, width // 2))  # the stats need ~36 columns to say much
     _feed_pane(canvas, state, 0, 0, top, width, now_ms)
     _stats_pane(canvas, state, top, 0, height - top, left, now_ms)
     _chat_pane(canvas, state, top, left, height - top, width - left)
@@ -442,7 +442,7 @@ def _stats_pane(cv: Canvas, s: State, y: int, x: int, h: int, w: int, now_ms: in
     t = s.total
     lines: list[list[tuple[str, str]]] = [
         [(f"{t.count} requests  ", ""), (f"{t.errors} errors", "red" if t.errors else ""), (f"  {t.avg_ms}ms avg", "")],
-        [(f"{_tokens(t.tokens_in)} in / {_tokens(t.tokens_out)} out tok", "dim"), (f"  {_cost(t, s.prices)}", "dim")],
+        [(f"tokens {_tokens(t.tokens_in)} in / {_tokens(t.tokens_out)} out  ", "dim"), (_cost(t, s.prices), "dim")],
     ]
     if s.pending:
         lines.append([(f"{len(s.pending)} in flight", "cyan")])
@@ -462,7 +462,7 @@ def _stats_pane(cv: Canvas, s: State, y: int, x: int, h: int, w: int, now_ms: in
 
 def _chat_pane(cv: Canvas, s: State, y: int, x: int, h: int, w: int) -> None:
     focused = s.focus == "chat"
-    footer = [(" Enter send  Esc back  :model NAME  :clear ", "dim")] if focused else [(" Tab/i to focus ", "dim")]
+    footer = [(" Enter send  Esc back  :model  :clear ", "dim")] if focused else [(" Tab/i to focus ", "dim")]
     cv.box(y, x, h, w, "border_focus" if focused else "border", [(" Chat  ", "bold"), (f"model: {s.model} ", "cyan")], footer)
     inner_y, inner_x, inner_h, inner_w = y + 1, x + 1, h - 2, w - 2
     if inner_h < 3 or inner_w < 4:
