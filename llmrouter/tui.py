@@ -40,7 +40,10 @@ def run(base_url: str, model: str) -> int:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         print("llmrouter tui: needs a terminal; use `llmrouter watch` to print events instead", file=sys.stderr)
         return 2
-    locale.setlocale(locale.LC_ALL, "")
+    try:
+        locale.setlocale(locale.LC_ALL, "")  # curses draws UTF-8 only under a UTF-8 locale
+    except locale.Error:
+        pass  # an unknown $LANG: the ASCII fallback below takes over
     os.environ.setdefault("ESCDELAY", "25")  # Esc is a key here, not only a prefix
     inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
     threading.Thread(target=pump_feed, args=(base_url, inbox.put), name="feed", daemon=True).start()
@@ -176,7 +179,7 @@ def _styles() -> dict[str, int]:
     return styles
 
 
-ASCII = str.maketrans({"─": "-", "│": "|", "┌": "+", "┐": "+", "└": "+", "┘": "+", "⋯": ".", "●": "*", "▸": ">", "█": "_", "→": ">", "…": ".", "✗": "x", "↑": "^", "↓": "v"})
+ASCII = str.maketrans({"─": "-", "│": "|", "┌": "+", "┐": "+", "└": "+", "┘": "+", "⋯": ".", "●": "*", "▸": ">", "█": "_", "→": ">", "…": ".", "✗": "x", "↑": "^", "↓": "v", "·": "-", "—": "-"})
 
 
 def _draw(stdscr, rows: list, styles: dict[str, int], ascii_only: bool) -> None:

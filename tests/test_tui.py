@@ -254,6 +254,26 @@ def test_every_size_draws_exactly_the_window(height, width):
         assert text_width(line) == width and "\x1b" not in line
 
 
+def test_every_glyph_of_the_frame_has_an_ascii_stand_in():
+    pytest.importorskip("curses")
+    from llmrouter.tui import ASCII
+
+    s = State(focus="chat")
+    reduce(s, {"type": "feed", "state": "live"})
+    reduce(s, {"type": "start", "id": 9, "ts_ms": TS, "model": "m", "in_flight": 1})
+    reduce(s, complete(1, attempts=[{"provider": "a", "outcome": "error"}, {"provider": "b", "outcome": "ok"}], requested_model="x"))
+    for focus in ("chat", "feed"):
+        s.focus = focus
+        drawn = screen(s).translate(ASCII)
+        assert drawn.isascii(), sorted({c for c in drawn if not c.isascii()})
+
+
+def test_without_a_terminal_the_tui_points_to_watch():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "llmrouter", "tui", "http://127.0.0.1:9"], stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=30)
+    assert done.returncode == 2 and b"llmrouter watch" in done.stderr
+
+
 def test_small_windows_say_so():
     assert plain(render(State(), 7, 80, TS))[0].startswith("window too small")
     assert plain(render(State(), 24, 29, TS))[0].startswith("window too small")
