@@ -91,7 +91,9 @@ def handle(ctx: Context, ex: Exchange) -> Pipeline:
         else:
             if not ex.error_sent:
                 yield SendBody(ex.encoder.error(canonical.StreamError(err.message, err.status, err.kind)))
-            yield AbortResponse()
+            # Cut the body short (no terminating chunk) unless the format's
+            # in-band error is itself a terminal event its clients wait for.
+            yield EndResponse() if getattr(ex.encoder, "end_after_error", False) else AbortResponse()
 
 
 def _serve(ctx: Context, ex: Exchange, client: Any) -> Pipeline:

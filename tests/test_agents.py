@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import pytest
 
-from fakes import FakeUpstream, RecordedRequest, Reply
+from fakes import FakeUpstream, Fault, RecordedRequest, Reply
 from harness import provider_config, running_router
 
 REPO = Path(__file__).resolve().parent.parent
@@ -388,3 +388,18 @@ def test_codex_tool_round_trip(codex_bin, tmp_path, fmt):
         assert SECRET in text
         if fmt != "ollama":
             assert call_id.endswith(f"_{first.index}_0")
+
+
+@pytest.mark.parametrize("fmt", UPSTREAM_FORMATS)
+def test_codex_shows_a_mid_stream_upstream_failure(codex_bin, tmp_path, fmt):
+    """An upstream that fails mid-stream: Codex gets `response.failed` in a
+    cleanly ended body and shows the upstream's own message (from a cut-off
+    body it would only say "error decoding response body")."""
+    with FakeUpstream() as fake:
+        fake.script = lambda r: Reply.text("one two three four", fault=Fault(after=2, kind="error", message="upstream melted")) if _is_chat(r) else None
+        with running_router(_router_config(fake, fmt)) as router:
+            events = _run_codex(codex_bin, router.url, tmp_path, tmp_path, "Say something.", check=False)
+            (record,) = router.wait_records(1)
+        failed = [e for e in events if e.get("type") == "turn.failed"]
+        assert failed and "upstream melted" in failed[0]["error"]["message"], events
+        assert "upstream melted" in record["error"]

@@ -294,6 +294,11 @@ def _failure(err: c.StreamError) -> dict[str, Any]:
 class Encoder:
     """Canonical stream events as Responses API SSE events (`event:` + `data:`)."""
 
+    # `response.failed` is the protocol's own terminal event, so the body then
+    # ends normally: Codex reads it only from a cleanly ended body (on a cut-off
+    # one it reports "error decoding response body" and loses the message).
+    end_after_error = True
+
     def __init__(self, req: c.Request, model: str, *, now: float | None = None) -> None:
         self._req = req
         self._model = model
