@@ -330,6 +330,7 @@ class ScriptedFeed:
         self.prices = prices
         self.events: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.connections = 0
+        self.hold_prices, self.prices_ready = threading.Event(), threading.Event()  # to delay /health
         feed = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -355,6 +356,8 @@ class ScriptedFeed:
                 if self.path == "/dashboard":
                     body, ctype = PAGE.read_bytes(), "text/html; charset=utf-8"
                 elif self.path == "/health?verbose":
+                    if feed.hold_prices.is_set():
+                        feed.prices_ready.wait(30)
                     providers = [{"name": n, "format": "openai", "cost_per_1m_tokens": p} for n, p in feed.prices.items()]
                     body, ctype = json.dumps({"providers": providers, "events": {"subscribers": feed.connections}}).encode(), "application/json"
                 else:
@@ -406,6 +409,7 @@ def complete(id: int, provider: str, tokens: tuple[int, int], **extra: Any) -> d
 
 
 def test_cost_dropped_events_local_time_and_untrusted_text(browser, scripted):
+    scripted.hold_prices.set()  # the prices arrive after the events: the cards catch up
     browser.open(scripted.url + "/dashboard")
     browser.wait_for("document.getElementById('status').textContent === 'live'")
     hostile = '<img src=x onerror="window.__owned = 1"><script>window.__owned = 2</script>'
@@ -414,6 +418,9 @@ def test_cost_dropped_events_local_time_and_untrusted_text(browser, scripted):
     scripted.send(complete(2, "local", (10, 20)))
     scripted.send({"type": "dropped", "v": 1, "count": 7})
     browser.wait_for("document.querySelectorAll('#done .card').length === 2")
+    assert "cost ?" in card_texts(browser)[1]
+    scripted.prices_ready.set()
+    browser.wait_for("document.getElementById('cost').textContent === '$3.00'")
     paid = card_texts(browser)[1]
     assert hostile in paid  # shown as the text it is
     assert "smart → gpt-x" in paid and "response-healing" in paid and "<b>tag</b>" in paid
