@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,8 +47,9 @@ def _runs(exe: Path, version: str) -> bool:
     if not exe.is_file():
         return False
     try:
-        out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60,
-                             env={"PATH": os.environ.get("PATH", ""), "HOME": str(CACHE)})
+        with tempfile.TemporaryDirectory() as home:  # the CLIs leave state in HOME
+            out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60,
+                                 env={"PATH": os.environ.get("PATH", ""), "HOME": home})
     except (OSError, subprocess.TimeoutExpired):
         return False
     return out.returncode == 0 and version in out.stdout
