@@ -12,8 +12,8 @@ import logging
 import random
 import secrets
 import time
+import urllib.parse
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -83,14 +83,14 @@ class App:
         path, method = request.path, request.method
         client_format = CHAT_ROUTES.get(path)
         problem = self.access_problem(request, client_format)
-        if problem is not None:
-            await self.respond_error(writer, client_format or "openai", problem)
-            return
         if client_format is not None:
-            if method != "POST":
-                await self.respond_error(writer, client_format, errors.MethodNotAllowed(f"{method} is not allowed on {path}; use POST"), allow="POST")
-                return
-            await self.chat(request, writer, client_format)
+            if problem is None and method != "POST":
+                problem = errors.MethodNotAllowed(f"{method} is not allowed on {path}; use POST")
+            # Refusals go through the pipeline too, so they are logged and published.
+            await self.chat(request, writer, client_format, problem)
+            return
+        if problem is not None:
+            await self.respond_error(writer, "openai", problem)
             return
         if path in GET_ROUTES and (path.startswith("/dashboard") is False or self.config.server.dashboard):
             if method not in ("GET", "HEAD"):
@@ -117,6 +117,9 @@ class App:
         key = self.config.server.api_key
         if key:
             presented = request.headers.get("x-api-key") or _bearer(request.headers.get("authorization", ""))
+            if not presented and request.path.startswith("/dashboard"):
+                # A browser cannot add headers to a page load or an EventSource.
+                presented = urllib.parse.parse_qs(request.query).get("api_key", [None])[0]
             if not presented or not secrets.compare_digest(presented.encode(), key.encode()):
                 return errors.Unauthorized("missing or invalid API key")
         if client_format is not None and request.method == "POST":
@@ -125,7 +128,7 @@ class App:
                 return errors.UnsupportedMediaType("the request body must be JSON with content-type: application/json")
         return None
 
-    async def chat(self, request: HTTPRequest, writer: ResponseWriter, client_format: str) -> None:
+    async def chat(self, request: HTTPRequest, writer: ResponseWriter, client_format: str, refusal: errors.RouterError | None) -> None:
         started = time.monotonic()
         number = next(self._ids)
         request_id = request.headers.get("x-request-id", "")
@@ -138,6 +141,7 @@ class App:
             headers=request.headers,
             body=request.body,
             record=events.Record(number, request_id, client_format),
+            refusal=refusal,
         )
         self.ctx.in_flight += 1
         try:
@@ -152,7 +156,17 @@ class App:
         body = {
             "status": "ok",
             "in_flight": self.ctx.in_flight,
-            "providers": [{"name": p.name, "format": p.format} for p in self.config.providers],
+            "providers": [
+                {
+                    "name": p.name,
+                    "format": p.format,
+                    "cost_per_1m_tokens": p.cost_per_1m_tokens,
+                    "quality": p.quality,
+                    "latency_ms": p.latency_ms,
+                    "throughput_tokens_per_sec": p.throughput_tokens_per_sec,
+                }
+                for p in self.config.providers
+            ],
             "discovered": {k: sorted(v) for k, v in self.discovery.models.items()},
             "events": self.bus.statistics(),
         }
@@ -233,5 +247,3 @@ def _same_or_loopback_origin(origin: str, host: str) -> bool:
     hostname = rest.rsplit(":", 1)[0] if not rest.startswith("[") else rest.split("]")[0] + "]"
     return hostname in ("127.0.0.1", "localhost", "[::1]")
 
-
-Clock = Callable[[], float]

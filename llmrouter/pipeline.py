@@ -73,6 +73,7 @@ class Exchange:
     encoder: Any = None  # the client-format stream encoder, once streaming
     collector: canonical.ResponseCollector | None = None  # what a stream carried so far
     raw_reply: bytes | None = None  # an upstream body forwarded unchanged
+    refusal: errors.RouterError | None = None  # refused before routing (access rules, method)
 
 
 def handle(ctx: Context, ex: Exchange) -> Pipeline:
@@ -104,11 +105,14 @@ def _serve(ctx: Context, ex: Exchange, client: Any) -> Pipeline:
         rec.requested_model = model if isinstance(model, str) else ""
         rec.stream = body.get("stream") is True
     yield Publish(events.start(ex.id, ctx.clock_ms(), rec.requested_model, ctx.in_flight, ex.request_id, ex.client_format, rec.stream))
+    if ex.refusal is not None:
+        raise ex.refusal
     if problem:
         raise errors.BadRequest(problem)
 
     req = client.parse_request(body)
     req.extras["headers"] = {h: ex.headers[h] for h in FORWARDED_HEADERS if h in ex.headers}
+    _record_prompt(rec, req)
     active, warnings = plugins.resolve(ctx.config.plugins, req.plugins)
     yield from _log_all(warnings)
     state = plugins.PluginState(request=req, streamed=req.stream)
@@ -121,10 +125,9 @@ def _serve(ctx: Context, ex: Exchange, client: Any) -> Pipeline:
         rec.tags = list(tags)
         yield Publish(events.classified(ex.id, ctx.clock_ms(), tags))
         flow = yield from _stage("pre_request", active, state, rec)
+        _record_prompt(rec, req)  # as the plugins left it
         if flow == plugins.CONTINUE and state.response is None:
             yield from _route(ctx, ex, client, req, state)
-    rec.system = req.system
-    rec.messages = [canonical.message_to_json(m) for m in req.messages]
 
     if state.response is None:
         raise errors.RouterError("pipeline stopped without producing a response")
@@ -280,8 +283,15 @@ def _stage(stage: str, active: list[Any], state: Any, rec: events.Record) -> Gen
     return result.flow
 
 
+def _record_prompt(rec: events.Record, req: canonical.Request) -> None:
+    rec.system = req.system
+    rec.messages = [canonical.message_to_json(m) for m in req.messages]
+
+
 def _send_error(ex: Exchange, client: Any, err: errors.RouterError) -> Pipeline:
     headers = [("content-type", "application/json"), ("x-request-id", ex.request_id)]
+    if isinstance(err, errors.MethodNotAllowed):
+        headers.append(("allow", "POST"))
     retry_after = getattr(err, "retry_after", None)
     if retry_after:
         headers.append(("retry-after", retry_after))
