@@ -1,22 +1,54 @@
-"""Upstream HTTP: one httpcore connection pool per provider.
+"""Upstream HTTP: httpcore's HTTP/1.1 connections under a small keep-alive pool.
 
 This is the only module that imports httpcore for serving. httpcore's errors
 are translated here into the router's UpstreamError family, so the pipeline
 never sees a foreign exception.
+
+Why not httpcore's AsyncConnectionPool: profiled behind the router it cost
+several hundred microseconds of CPU per request more than the connection it
+hands out (a pool-wide lock, a sweep of every connection per request, nested
+per-request cancel scopes), and the gap grew with concurrency; see
+docs/performance.md. httpcore's own connection classes do the HTTP/1.1 work
+(h11 framing, keep-alive state, closing a half-read response); the pool here
+only keeps idle connections in a stack and counts in-flight requests against
+`max_connections`. Plain-HTTP upstreams get an `AsyncHTTP11Connection` over a
+socket wrapper of ours (`_Socket`); HTTPS upstreams get an
+`AsyncHTTPConnection`, which does the TLS handshake with httpcore's default
+context, over the same wrapper.
+
+Pool rules:
+- an idle connection is reused only if httpcore says it is idle and not
+  expired (expired includes "the socket is readable", i.e. the upstream closed
+  it or sent something unasked);
+- a response closed before its end closes its connection (httpcore does that
+  when the exchange is not complete), and so does a cancelled or failed one:
+  a half-read connection never goes back to the pool;
+- when a reused connection fails before a single byte of the request reached
+  the socket, the request is sent once more on a fresh connection; once
+  anything was sent it is never retried (the upstream may have acted on it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import select
+import ssl
+import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import anyio
+import anyio.abc
 import httpcore
+from anyio.abc import SocketAttribute
 
 from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import UpstreamCall
+
+KEEPALIVE_EXPIRY = 30.0  # idle upstream connections older than this are closed
+_BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
 @contextlib.contextmanager
@@ -36,15 +68,276 @@ def translate_errors(provider: Provider) -> Iterator[None]:
         raise errors.UpstreamProtocolError(f"provider '{name}': connection failed: {exc or type(exc).__name__}") from exc
 
 
-class UpstreamStream:
-    """An open upstream response: its head, then body chunks as they arrive."""
+class _Socket(httpcore.AsyncNetworkStream):
+    """An anyio byte stream as httpcore's connections want it.
 
-    def __init__(self, provider: Provider, response: httpcore.Response) -> None:
+    Unlike httpcore's AnyIOStream it holds writes until the next read, so a
+    request's head and body leave in one send (one syscall here, one wakeup
+    at the upstream), makes no cancel scope for an operation without a
+    timeout, and counts the bytes that reached the socket (`sent`), which is
+    what decides whether a failed request may be retried."""
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self._stream = stream
+        self._pending: list[bytes] = []
+        self.sent = 0
+        # Set by UpstreamStream.read_all for body reads; None otherwise, because
+        # every other read already runs under a deadline of the caller's
+        # (first_byte_timeout around the head, the driver's idle timer around
+        # stream chunks) and a cancel scope per read is not free.
+        self.read_timeout: float | None = None
+        self._sock = stream.extra(SocketAttribute.raw_socket, None)
+        self._poll: Any = None
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # Held until the first read, which always follows: the whole request
+        # is then written while first_byte_timeout runs, so no timer of its own.
+        if buffer:
+            self._pending.append(buffer)
+
+    async def _flush(self) -> None:
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        try:
+            await self._stream.send(data)
+        except _BROKEN as exc:
+            raise httpcore.WriteError(f"sending the request failed: {exc or type(exc).__name__}") from exc
+        if self._sock is not None and self._sock.fileno() < 0:
+            # asyncio reports a failed write (say, to a connection the upstream
+            # reset) by closing the socket before send() returns: nothing left.
+            raise httpcore.WriteError("the upstream had closed the connection")
+        self.sent += len(data)
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self._pending:
+            await self._flush()
+        timeout = self.read_timeout
+        try:
+            if timeout is None:
+                return await self._stream.receive(max_bytes)
+            with anyio.fail_after(timeout):
+                return await self._stream.receive(max_bytes)
+        except anyio.EndOfStream:
+            return b""
+        except TimeoutError as exc:  # before _BROKEN: TimeoutError is an OSError
+            raise httpcore.ReadTimeout(f"no data for {timeout:g}s") from exc
+        except _BROKEN as exc:
+            raise httpcore.ReadError(f"reading the response failed: {exc or type(exc).__name__}") from exc
+
+    async def aclose(self) -> None:
+        self._pending.clear()
+        with contextlib.suppress(Exception):
+            await self._stream.aclose()
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        from anyio.streams.tls import TLSStream
+
+        try:
+            with anyio.fail_after(timeout):
+                self._stream = await TLSStream.wrap(
+                    self._stream, ssl_context=ssl_context, hostname=server_hostname, standard_compatible=False, server_side=False
+                )
+        except TimeoutError as exc:
+            await self.aclose()
+            raise httpcore.ConnectTimeout("TLS handshake timed out") from exc
+        except (ssl.SSLError, anyio.EndOfStream, *_BROKEN) as exc:
+            await self.aclose()
+            raise httpcore.ConnectError(f"TLS handshake failed: {exc or type(exc).__name__}") from exc
+        return self
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            return self._readable()
+        if info == "ssl_object":
+            from anyio.streams.tls import TLSAttribute
+
+            return self._stream.extra(TLSAttribute.ssl_object, None)
+        if info == "socket":
+            return self._sock
+        if info == "client_addr":
+            return self._stream.extra(SocketAttribute.local_address, None)
+        if info == "server_addr":
+            return self._stream.extra(SocketAttribute.remote_address, None)
+        return None
+
+    def _readable(self) -> bool:
+        """True when a read would not block: on an idle keep-alive connection
+        that means the upstream closed it (or broke protocol)."""
+        if self._sock is None or self._sock.fileno() < 0:
+            return True
+        if self._poll is None:  # one poll object per socket, not one per check
+            self._poll = select.poll()
+            self._poll.register(self._sock.fileno(), select.POLLIN)
+        return bool(self._poll.poll(0))
+
+
+async def _connect(host: str, port: int, timeout: float | None) -> _Socket:
+    try:
+        with anyio.fail_after(timeout):
+            stream = await anyio.connect_tcp(host, port)
+    except TimeoutError as exc:
+        raise httpcore.ConnectTimeout(f"connect timed out after {timeout:g}s") from exc
+    except _BROKEN as exc:
+        raise httpcore.ConnectError(str(exc) or "connection refused") from exc
+    return _Socket(stream)
+
+
+class _TLSBackend(httpcore.AsyncNetworkBackend):
+    """Gives one AsyncHTTPConnection its socket and remembers it."""
+
+    def __init__(self) -> None:
+        self.socket: _Socket | None = None
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None, socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        self.socket = await _connect(host, port, timeout)
+        return self.socket
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+class _Conn:
+    __slots__ = ("http", "_socket", "_backend", "idle_since", "closed")
+
+    def __init__(self, http: Any, socket: _Socket | None = None, backend: _TLSBackend | None = None) -> None:
+        self.http = http
+        self._socket = socket
+        self._backend = backend
+        self.idle_since = 0.0
+        self.closed = False
+
+    @property
+    def socket(self) -> _Socket | None:
+        return self._socket or (self._backend.socket if self._backend else None)
+
+    @property
+    def sent(self) -> int:
+        socket = self.socket
+        return socket.sent if socket is not None else 0
+
+
+class _Pool:
+    """One provider's connections: an idle stack (most recent on top, so the
+    warmest socket is reused and the rest can age out) and a semaphore that
+    counts in-flight requests against max_connections. A connection is only
+    opened by a request holding a slot when no idle one is usable, so open
+    connections never exceed max_connections."""
+
+    def __init__(self, provider: Provider) -> None:
+        url = httpcore.URL(provider.base_url)
+        self.tls = url.scheme == b"https"
+        self.host = url.host.decode("ascii")
+        self.port = url.port or (443 if self.tls else 80)
+        self.origin = httpcore.Origin(url.scheme, url.host, self.port)
+        self.prefix = url.target.rstrip(b"/")
+        self.host_header = url.host if url.port is None else b"%b:%d" % (url.host, url.port)
+        self.size = provider.max_connections
+        self.connect_timeout = provider.connect_timeout
+        self.idle: list[_Conn] = []
+        self.open = 0  # connections open now (idle or busy)
+        self.opened = 0  # connections ever opened
+        self._slots: anyio.Semaphore | None = None
+
+    async def acquire_slot(self) -> None:
+        if self._slots is None:  # made lazily: it must belong to the running loop
+            self._slots = anyio.Semaphore(self.size)
+        try:
+            self._slots.acquire_nowait()  # the common case costs no trip through the event loop
+        except anyio.WouldBlock:
+            await self._slots.acquire()
+
+    def release_slot(self) -> None:
+        assert self._slots is not None
+        self._slots.release()
+
+    async def send(self, request: httpcore.Request) -> tuple[_Conn, httpcore.Response]:
+        conn, reused = await self._take()
+        sent_before = conn.sent
+        try:
+            return conn, await conn.http.handle_async_request(request)
+        except (httpcore.NetworkError, httpcore.RemoteProtocolError):
+            await self.discard(conn)
+            if not reused or conn.sent != sent_before:
+                raise
+        except BaseException:
+            await self.discard(conn)
+            raise
+        # The pooled connection was dead before any byte of the request reached
+        # it, so the upstream cannot have seen the request: try a fresh one, once.
+        conn = await self._new()
+        try:
+            return conn, await conn.http.handle_async_request(request)
+        except BaseException:
+            await self.discard(conn)
+            raise
+
+    async def _take(self) -> tuple[_Conn, bool]:
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.http.is_idle() and not conn.http.has_expired():
+                return conn, True
+            await self.discard(conn)
+        return await self._new(), False
+
+    async def _new(self) -> _Conn:
+        self.open += 1
+        try:
+            if self.tls:
+                backend = _TLSBackend()
+                http = httpcore.AsyncHTTPConnection(
+                    self.origin, keepalive_expiry=KEEPALIVE_EXPIRY, http1=True, http2=False, retries=0, network_backend=backend
+                )
+                conn = _Conn(http, backend=backend)  # connects (and handshakes) on its first request
+            else:
+                socket = await _connect(self.host, self.port, self.connect_timeout)
+                conn = _Conn(httpcore.AsyncHTTP11Connection(self.origin, socket, keepalive_expiry=KEEPALIVE_EXPIRY), socket=socket)
+        except BaseException:
+            self.open -= 1
+            raise
+        self.opened += 1
+        return conn
+
+    async def put_back(self, conn: _Conn) -> None:
+        """Takes a connection whose response was closed: idle ones are kept."""
+        if conn.closed:
+            return
+        if not conn.http.is_idle():
+            await self.discard(conn)
+            return
+        now = time.monotonic()
+        conn.idle_since = now
+        self.idle.append(conn)
+        # Age out the bottom of the stack, which only a burst would reach.
+        while self.idle and now - self.idle[0].idle_since > KEEPALIVE_EXPIRY:
+            await self.discard(self.idle.pop(0))
+
+    async def discard(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self.open -= 1
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await conn.http.aclose()
+
+    async def aclose(self) -> None:
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            await self.discard(conn)
+
+
+class UpstreamStream:
+    """An open upstream response: its head, then body chunks as they arrive.
+    `aclose()` must be called (the driver does it in a finally): it hands the
+    connection back to the pool, or closes it if the body was not read to its end."""
+
+    def __init__(self, provider: Provider, response: httpcore.Response, pool: _Pool, conn: _Conn) -> None:
         self.provider = provider
         self.status = response.status
         self.headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers]
         self._response = response
         self._chunks: AsyncIterator[bytes] = response.aiter_stream().__aiter__()
+        self._pool: _Pool | None = pool
+        self._conn = conn
         self.done = False
 
     def header(self, name: str) -> str | None:
@@ -54,7 +347,10 @@ class UpstreamStream:
         return None
 
     async def read(self) -> bytes:
-        """The next body chunk, b"" at the end. Raises UpstreamError."""
+        """The next body chunk, b"" at the end. Raises UpstreamError.
+
+        No timer of its own: the caller bounds the wait (the driver's idle
+        timer for streams), so a stream chunk costs no extra cancel scope."""
         if self.done:
             return b""
         with translate_errors(self.provider):
@@ -65,64 +361,79 @@ class UpstreamStream:
                 return b""
 
     async def read_all(self, limit: int) -> bytes:
-        body = bytearray()
-        while chunk := await self.read():
-            body += chunk
-            if len(body) > limit:
-                raise errors.UpstreamProtocolError(f"provider '{self.provider.name}': response larger than {limit} bytes")
-        return bytes(body)
+        """The whole body; each wait for more data is limited to idle_timeout
+        (a body already received with the head costs no timer at all)."""
+        socket = self._conn.socket
+        if socket is not None:
+            socket.read_timeout = self.provider.idle_timeout if math.isfinite(self.provider.idle_timeout) else None
+        try:
+            body = bytearray()
+            while chunk := await self.read():
+                body += chunk
+                if len(body) > limit:
+                    raise errors.UpstreamProtocolError(f"provider '{self.provider.name}': response larger than {limit} bytes")
+            return bytes(body)
+        finally:
+            if socket is not None:
+                socket.read_timeout = None
 
     async def aclose(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # Shielded: a cancelled request must still settle its connection.
         with anyio.CancelScope(shield=True):
-            with contextlib.suppress(Exception):
-                await self._response.aclose()
+            try:
+                with contextlib.suppress(Exception):
+                    await self._response.aclose()  # httpcore closes the socket unless the exchange completed
+                await pool.put_back(self._conn)
+            finally:
+                pool.release_slot()
 
 
 class Upstreams:
     def __init__(self, providers: tuple[Provider, ...]) -> None:
-        self._pools = {
-            p.name: httpcore.AsyncConnectionPool(
-                max_connections=p.max_connections,
-                max_keepalive_connections=p.max_connections,
-                keepalive_expiry=30.0,
-                retries=0,
-            )
-            for p in providers
-        }
+        self._pools = {p.name: _Pool(p) for p in providers}
+
+    def pool_stats(self, name: str) -> dict[str, int]:
+        """Open, idle and ever-opened connections of one provider (for tests and /health)."""
+        pool = self._pools[name]
+        return {"open": pool.open, "idle": len(pool.idle), "opened": pool.opened}
 
     async def open(self, provider: Provider, call: UpstreamCall, method: str = "POST") -> UpstreamStream:
         """Sends the request and waits for the response head (first_byte_timeout)."""
-        read_timeout = max(provider.first_byte_timeout, provider.idle_timeout)
-        url = httpcore.URL(provider.base_url + call.path)
-        host = url.host if url.port is None else b"%b:%d" % (url.host, url.port)
-        headers = [(b"host", host), (b"content-length", str(len(call.body)).encode())]
+        pool = self._pools.get(provider.name)
+        if pool is None:  # a provider this router was not built with (tests)
+            pool = self._pools[provider.name] = _Pool(provider)
+        headers = [(b"host", pool.host_header), (b"content-length", b"%d" % len(call.body))]
         headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in call.headers]
+        url = httpcore.URL(scheme=pool.origin.scheme, host=pool.origin.host, port=pool.port, target=pool.prefix + call.path.encode("latin-1"))
         request = httpcore.Request(
             method,
             url,
             headers=headers,
             content=call.body,
-            extensions={
-                "timeout": {
-                    "connect": provider.connect_timeout,
-                    "read": read_timeout if math.isfinite(read_timeout) else None,
-                    "write": max(provider.connect_timeout, 30.0),
-                    "pool": provider.first_byte_timeout,
-                }
-            },
+            # Only "connect" is read (by AsyncHTTPConnection, for TCP and TLS);
+            # reads and writes are timed by first_byte_timeout below, the
+            # driver's idle timer and read_all.
+            extensions={"timeout": {"connect": provider.connect_timeout}},
         )
-        pool = self._pools[provider.name]
         with translate_errors(provider):
             try:
                 with anyio.fail_after(provider.first_byte_timeout):
-                    response = await pool.handle_async_request(request)
+                    await pool.acquire_slot()
+                    try:
+                        conn, response = await pool.send(request)
+                    except BaseException:
+                        pool.release_slot()
+                        raise
             except TimeoutError as exc:
                 raise errors.UpstreamTimeout(
                     f"provider '{provider.name}': no response within {provider.first_byte_timeout:g}s"
                 ) from exc
-        return UpstreamStream(provider, response)
+        return UpstreamStream(provider, response, pool, conn)
 
     async def aclose(self) -> None:
+        """Closes idle connections; busy ones close as their responses do."""
         for pool in self._pools.values():
-            with contextlib.suppress(Exception):
-                await pool.aclose()
+            await pool.aclose()
