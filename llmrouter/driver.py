@@ -102,19 +102,8 @@ class Driver:
         """Runs one request to its end. Cancellation (client gone) propagates
         after the `complete` record is published."""
         rec = ex.record
-        failure: Exception | None = None
         try:
-            async with anyio.create_task_group() as tg:
-                # Exceptions are kept out of the task group (which would wrap
-                # them in an ExceptionGroup) and handled below.
-                try:
-                    await _Run(self, pipeline, writer, tg).loop()
-                except Exception as exc:
-                    failure = exc
-                finally:
-                    tg.cancel_scope.cancel()
-            if failure is not None:
-                raise failure
+            await _Run(self, pipeline, writer).loop()
         except errors.ClientGone:
             _mark_disconnected(rec)
         except anyio.get_cancelled_exc_class():
@@ -169,32 +158,55 @@ async def _answer_bug(ex: Exchange, writer: ResponseWriter) -> None:
 class _Run:
     """The state of one pipeline run: its open upstream response, if any."""
 
-    def __init__(self, driver: Driver, pipeline: Pipeline, writer: ResponseWriter, tg: anyio.abc.TaskGroup) -> None:
+    def __init__(self, driver: Driver, pipeline: Pipeline, writer: ResponseWriter) -> None:
         self.driver = driver
         self.pipeline = pipeline
         self.writer = writer
-        self.tg = tg
+        self.tg: anyio.abc.TaskGroup | None = None  # opened at the first ReadUpstream
         self.stream: UpstreamStream | None = None
         self.reader: ChunkReader | None = None
         self.deadline = math.inf
         self.last_chunk = 0.0
 
     async def loop(self) -> None:
-        reply: Any = None
-        throw: BaseException | None = None
         try:
-            while True:
-                try:
-                    cmd = self.pipeline.throw(throw) if throw is not None else self.pipeline.send(reply)
-                except StopIteration:
-                    return
-                reply, throw = None, None
-                try:
-                    reply = await self.perform(cmd)
-                except errors.UpstreamError as exc:
-                    throw = exc  # delivered at the pipeline's `yield`
+            await self.steps(None, None)
         finally:
             await self.release()
+
+    async def steps(self, reply: Any, throw: BaseException | None) -> None:
+        while True:
+            try:
+                cmd = self.pipeline.throw(throw) if throw is not None else self.pipeline.send(reply)
+            except StopIteration:
+                return
+            if self.tg is None and isinstance(cmd, ReadUpstream):
+                await self.streaming_steps(cmd)
+                return
+            reply, throw = await self.perform_catching(cmd)
+
+    async def perform_catching(self, cmd: Any) -> tuple[Any, BaseException | None]:
+        try:
+            return await self.perform(cmd), None
+        except errors.UpstreamError as exc:
+            return None, exc  # delivered at the pipeline's `yield`
+
+    async def streaming_steps(self, first: ReadUpstream) -> None:
+        """Runs the rest of the pipeline inside a task group for the ChunkReader.
+        Opened only here, at the first ReadUpstream, because a task group and
+        its cancellation cost more than the rest of a small non-streaming
+        request's driving (see docs/performance.md)."""
+        failure: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            self.tg = tg
+            try:
+                await self.steps(*await self.perform_catching(first))
+            except Exception as exc:  # kept out of the group, which would wrap it in an ExceptionGroup
+                failure = exc
+            finally:
+                await self.release()  # stops the reader task, so the group need not be cancelled
+        if failure is not None:
+            raise failure
 
     async def perform(self, cmd: Any) -> Any:
         if isinstance(cmd, SendBody):
@@ -238,6 +250,7 @@ class _Run:
         stream = self.stream
         assert stream is not None, "ReadUpstream without an open upstream"
         if self.reader is None:
+            assert self.tg is not None, "ReadUpstream outside streaming_steps"
             self.reader = ChunkReader(stream, self.tg)
         provider = stream.provider
         now = time.monotonic()
