@@ -90,6 +90,7 @@ def handle(ctx: Context, ex: Exchange) -> Pipeline:
             rec.status = err.status
             yield from _send_error(ex, client, err)
         else:
+            rec.status = 200  # the status line the client already has
             if not ex.error_sent:
                 yield SendBody(ex.encoder.error(canonical.StreamError(err.message, err.status, err.kind)))
             # Cut the body short (no terminating chunk) unless the format's
