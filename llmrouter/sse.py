@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmrouter import errors
+
+# Longest line a splitter buffers; a longer one is a broken upstream.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
 
 @dataclass
 class SSEEvent:
@@ -23,20 +28,25 @@ class SSESplitter:
     """Splits a byte stream into SSE events (WHATWG 'event stream' rules)."""
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
         self._raw = bytearray()
         self._event = ""
         self._data: list[str] = []
         self._id: str | None = None
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        ends_line = b"\n" in chunk or b"\r" in chunk or self._buffer.endswith(b"\r")
         self._buffer += chunk
+        if not ends_line:  # more of a long line: append only, never rescan (linear time)
+            _check_line(self._buffer)
+            return []
         events: list[SSEEvent] = []
         while True:
             # A line ends at \n, \r\n or a lone \r; a trailing \r may still be
             # followed by \n in the next chunk, so it is held back.
             cut = _line_end(self._buffer)
             if cut is None:
+                _check_line(self._buffer)
                 return events
             end, after = cut
             line_bytes = self._buffer[:end]
@@ -74,7 +84,12 @@ class SSESplitter:
         return bool(self._buffer.strip() or self._data or self._event)
 
 
-def _line_end(buffer: bytes) -> tuple[int, int] | None:
+def _check_line(buffer: bytearray) -> None:
+    if len(buffer) > MAX_LINE_BYTES:
+        raise errors.UpstreamProtocolError(f"upstream sent a line longer than {MAX_LINE_BYTES} bytes")
+
+
+def _line_end(buffer: bytes | bytearray) -> tuple[int, int] | None:
     n = buffer.find(b"\n")
     r = buffer.find(b"\r")
     if r == -1 or (n != -1 and n < r):
@@ -88,17 +103,19 @@ class NDJSONSplitter:
     """Splits a byte stream into non-empty lines (Ollama's streaming format)."""
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
 
     def feed(self, chunk: bytes) -> list[bytes]:
         self._buffer += chunk
-        if b"\n" not in self._buffer:
+        if b"\n" not in chunk:  # only the new bytes can end a line: linear time
+            _check_line(self._buffer)
             return []
-        *lines, self._buffer = self._buffer.split(b"\n")
-        return [line + b"\n" for line in lines if line.strip()]
+        *lines, rest = self._buffer.split(b"\n")
+        self._buffer = bytearray(rest)
+        return [bytes(line) + b"\n" for line in lines if line.strip()]
 
     def close(self) -> list[bytes]:
-        rest, self._buffer = self._buffer, b""
+        rest, self._buffer = bytes(self._buffer), bytearray()
         return [rest] if rest.strip() else []
 
 
