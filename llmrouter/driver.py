@@ -235,7 +235,12 @@ class _Run:
 
     async def open(self, cmd: OpenUpstream) -> UpstreamHead:
         await self.release()
-        stream = await self.driver.upstreams.open(cmd.provider, cmd.call)
+        try:
+            stream = await self.driver.upstreams.open(cmd.provider, cmd.call)
+        except errors.UpstreamProtocolError as exc:
+            # The connection broke before any response head (reset, closed):
+            # like an unreachable provider, the request may go to the next one.
+            raise errors.UpstreamConnectError(exc.message) from exc
         self.deadline = time.monotonic() + cmd.provider.total_timeout
         self.last_chunk = time.monotonic()
         if 200 <= stream.status < 300:
