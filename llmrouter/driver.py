@@ -166,7 +166,8 @@ class _Run:
         self.stream: UpstreamStream | None = None
         self.reader: ChunkReader | None = None
         self.deadline = math.inf
-        self.last_chunk = 0.0
+        self.opened_at = 0.0
+        self.last_chunk: float | None = None  # None until the first body chunk
 
     async def loop(self) -> None:
         try:
@@ -235,6 +236,7 @@ class _Run:
 
     async def open(self, cmd: OpenUpstream) -> UpstreamHead:
         await self.release()
+        self.opened_at = time.monotonic()
         try:
             stream = await self.driver.upstreams.open(cmd.provider, cmd.call)
         except errors.UpstreamProtocolError as exc:
@@ -242,7 +244,7 @@ class _Run:
             # like an unreachable provider, the request may go to the next one.
             raise errors.UpstreamConnectError(exc.message) from exc
         self.deadline = time.monotonic() + cmd.provider.total_timeout
-        self.last_chunk = time.monotonic()
+        self.last_chunk = None
         if 200 <= stream.status < 300:
             self.stream = stream
             return UpstreamHead(stream.status, stream.headers)
@@ -258,8 +260,14 @@ class _Run:
             assert self.tg is not None, "ReadUpstream outside streaming_steps"
             self.reader = ChunkReader(stream, self.tg)
         provider = stream.provider
+        # Until the first chunk the wait is first_byte_timeout from sending the
+        # request (time to first token); after it, idle_timeout between chunks.
+        if self.last_chunk is None:
+            quiet_until = self.opened_at + provider.first_byte_timeout
+        else:
+            quiet_until = self.last_chunk + provider.idle_timeout
         now = time.monotonic()
-        wait = min(ping_after or math.inf, provider.idle_timeout - (now - self.last_chunk), self.deadline - now)
+        wait = min(ping_after or math.inf, quiet_until - now, self.deadline - now)
         item = await self.reader.next(max(wait, 0))
         if isinstance(item, errors.UpstreamError):
             raise item
@@ -267,7 +275,9 @@ class _Run:
         if item is None:
             if now >= self.deadline:
                 raise errors.UpstreamTimeout(f"provider '{provider.name}': reply not finished within {provider.total_timeout:g}s")
-            if now - self.last_chunk >= provider.idle_timeout:
+            if now >= quiet_until:
+                if self.last_chunk is None:
+                    raise errors.UpstreamTimeout(f"provider '{provider.name}': no first chunk within {provider.first_byte_timeout:g}s")
                 raise errors.UpstreamTimeout(f"provider '{provider.name}': no data for {provider.idle_timeout:g}s")
             return None
         self.last_chunk = now

@@ -226,13 +226,12 @@ def _relay_stream(ctx: Context, ex: Exchange, client: Any, req: canonical.Reques
     ex.encoder = client.Encoder(req, decision.model)
     decoder = upstream.Decoder()
     collector = ex.collector = canonical.ResponseCollector(decision.model)
-    yield StartResponse(200, [*_stream_headers(), *_router_headers(ex, rec)])
-    ex.response_started = True
     started = ctx.monotonic()
     while True:
         chunk = yield ReadUpstream(PING_AFTER)
         if chunk is None:
-            yield SendBody(ex.encoder.ping())
+            if ex.response_started:  # before its head, nothing can go to the client
+                yield SendBody(ex.encoder.ping())
             continue
         if rec.first_byte_ms is None:
             rec.first_byte_ms = round((ctx.monotonic() - started) * 1000)
@@ -251,6 +250,18 @@ def _relay_stream(ctx: Context, ex: Exchange, client: Any, req: canonical.Reques
                     out.append(frame.raw)
             else:
                 out.extend(ex.encoder.encode(e) for e in frame.events if not isinstance(e, canonical.StreamError))
+        if not ex.response_started:
+            # First-chunk gate: the status line waits for the first upstream
+            # frame, so a provider that fails before it (an error event, garbage,
+            # a stall) still gets a real status and a fallback.
+            if failure is not None:
+                raise errors.UpstreamStatusError(
+                    f"provider '{decision.provider.name}' failed: {failure.message}", status=failure.status
+                )
+            if not any(out) and chunk:
+                continue  # no complete frame yet
+            yield StartResponse(200, [*_stream_headers(), *_router_headers(ex, rec)])
+            ex.response_started = True
         if failure is not None and not relay:
             out.append(ex.encoder.error(failure))
         if out:

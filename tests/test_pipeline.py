@@ -150,8 +150,8 @@ def test_non_retryable_error_is_not_retried():
 def test_no_fallback_after_the_stream_started():
     p = Playbook({**BODY, "stream": True})
     p.expect(OpenUpstream, UpstreamHead(200, []))
-    p.expect(StartResponse)
     p.expect(ReadUpstream, b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"par"},"finish_reason":null}]}\n\n')
+    p.expect(StartResponse)  # after the first frame (the first-chunk gate)
     p.expect(SendBody)
     p.fail(ReadUpstream, errors.UpstreamTimeout("no data"))
     error = p.expect(SendBody)
@@ -160,6 +160,25 @@ def test_no_fallback_after_the_stream_started():
     p.finish()
     assert len(p.ex.record.attempts) == 1
     assert p.ex.record.error == "no data" and p.ex.record.response["content"] == "par"
+
+
+def test_stream_failing_before_its_first_frame_falls_back():
+    """First-chunk gate: the status line waits for the first frame, so a stall
+    or an error event before it is a pre-stream failure with fallback."""
+    p = Playbook({**BODY, "stream": True})
+    assert p.expect(OpenUpstream, UpstreamHead(200, [])).provider.name == "a"
+    assert p.expect(ReadUpstream, None) is not None  # no keep-alive before the head...
+    p.expect(ReadUpstream, b'data: {"id":"c","object":"chat.completion.chunk","crea')  # ...nor for half a frame
+    p.fail(ReadUpstream, errors.UpstreamTimeout("no first chunk"))
+    assert p.expect(OpenUpstream, UpstreamHead(200, [])).provider.name == "b"
+    p.expect(ReadUpstream, b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"busy"}}\n\n')
+    start = p.expect(StartResponse)
+    assert start.status == 529  # the error event's status, in the client's shape
+    assert "busy" in json.loads(p.expect(SendBody).data)["error"]["message"]
+    p.expect(EndResponse)
+    p.finish()
+    assert [a.outcome for a in p.ex.record.attempts] == ["error", "error"]
+    assert p.ex.record.status == 529
 
 
 def test_no_route_is_404_in_the_client_format():
