@@ -224,7 +224,7 @@ def assert_shape(actual: Any, expected: Any, where: str = "body") -> None:
 #
 # A conversation is a list of turns:
 #   ("user", text)  ("user_image", text, base64_png)  ("assistant", text)
-#   ("calls", [(id, name, arguments_json), ...])
+#   ("calls", [(id, name, arguments_json), ...][, text said before the calls])
 #   ("results", [(id, text or [text, ...]), ...])   a list is sent as text parts / blocks
 
 
@@ -265,7 +265,7 @@ class ChatClient:
             elif kind == "assistant":
                 out.append({"role": "assistant", "content": turn[1]})
             elif kind == "calls":
-                out.append({"role": "assistant", "content": None, "tool_calls": [
+                out.append({"role": "assistant", "content": turn[2] if len(turn) > 2 else None, "tool_calls": [
                     {"id": i, "type": "function", "function": {"name": n, "arguments": a}} for i, n, a in turn[1]
                 ]})
             elif kind == "results":
@@ -312,7 +312,9 @@ class MessagesClient:
         out: list[dict] = []
         for turn in convo:
             kind = turn[0]
-            if kind == "user":
+            if kind == "user" and out and out[-1]["role"] == "user":  # after tool results: one user turn
+                out[-1]["content"].append({"type": "text", "text": turn[1]})
+            elif kind == "user":
                 out.append({"role": "user", "content": turn[1]})
             elif kind == "user_image":
                 out.append({"role": "user", "content": [
@@ -322,7 +324,8 @@ class MessagesClient:
             elif kind == "assistant":
                 out.append({"role": "assistant", "content": turn[1]})
             elif kind == "calls":
-                out.append({"role": "assistant", "content": [
+                said = [{"type": "text", "text": turn[2]}] if len(turn) > 2 else []
+                out.append({"role": "assistant", "content": said + [
                     {"type": "tool_use", "id": i, "name": n, "input": json.loads(a)} for i, n, a in turn[1]
                 ]})
             elif kind == "results":
@@ -335,8 +338,8 @@ class MessagesClient:
             tools: list | None = None, max_tokens: int | None = None, tool_choice: str | None = None,
             stop: list[str] | None = None) -> Result:
         kwargs: dict[str, Any] = {"model": model, "messages": self.messages(convo), "max_tokens": max_tokens or 256}
-        if system:
-            kwargs["system"] = system
+        if system:  # a block array with cache_control, as Claude Code sends it
+            kwargs["system"] = [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
         if tools:
             kwargs["tools"] = [{"name": n, "description": d, "input_schema": p} for n, d, p in tools]
         if tool_choice:
@@ -410,6 +413,8 @@ class ResponsesClient:
                 out.append({"type": "message", "role": "assistant",
                             "content": [{"type": "output_text", "text": turn[1], "annotations": []}]})
             elif kind == "calls":
+                if len(turn) > 2:
+                    out.extend(ResponsesClient.items([("assistant", turn[2])]))
                 out.extend({"type": "function_call", "call_id": i, "name": n, "arguments": a} for i, n, a in turn[1])
             elif kind == "results":
                 out.extend({"type": "function_call_output", "call_id": i, "output": parts(t, "input_text")}
@@ -526,10 +531,11 @@ def test_system_prompt_and_history(world, client, upstream, stream):
         {"role": "user", "content": "what is two plus two"},
     ]
     if upstream == "anthropic":
-        assert body["system"] == SYSTEM
-        if client == "messages":
+        if client == "messages":  # forwarded as sent
+            assert body["system"] == [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}]
             assert_shape(body["messages"], turns)
         else:  # translated: plain strings, alternating roles
+            assert body["system"] == SYSTEM
             assert body["messages"] == turns
     else:
         assert_shape(body["messages"], [{"role": "system", "content": SYSTEM}, *turns])
@@ -663,6 +669,47 @@ def test_tool_results_next_turn(world, client, upstream, stream):
             {"role": "tool", "content": "14:05", "tool_name": "get_time"},
         ])
     assert_shape(messages[0], {"role": "user", "content": "weather and time in Paris?"})
+
+
+@grid()
+def test_tool_turn_with_text_around_it(world, client, upstream, stream):
+    """Text before the calls in the assistant turn, and a question after the
+    results in the user turn (as Claude Code sends them): order and roles kept."""
+    w, t = CLIENT_IDS[client]
+    convo = [
+        ("user", "weather and time in Paris?"),
+        ("calls", [(w, CALLS[0][0], CALLS[0][1]), (t, CALLS[1][0], CALLS[1][1])], "Let me check."),
+        ("results", [(w, "18C and sunny"), (t, "14:05")]),
+        ("user", "and in Tokyo?"),
+    ]
+    world.fake(upstream).enqueue(Reply.text(usage=USAGE))
+    result = ask(world, client, upstream, convo, stream=stream, tools=TOOLS)
+    assert result.text == "echo: and in Tokyo?"
+    messages = world.sent(upstream)["messages"]
+    if upstream == "anthropic":
+        assert_shape(messages[1:], [
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Let me check."},
+                {"type": "tool_use", "id": w, "name": "get_weather"},
+                {"type": "tool_use", "id": t, "name": "get_time"},
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": w, "content": "18C and sunny"},
+                {"type": "tool_result", "tool_use_id": t, "content": "14:05"},
+                {"type": "text", "text": "and in Tokyo?"},
+            ]},
+        ])
+        return
+    if upstream == "openai":
+        assistant = {"role": "assistant", "content": "Let me check.", "tool_calls": [{"id": w}, {"id": t}]}
+        results = [{"role": "tool", "tool_call_id": w, "content": "18C and sunny"},
+                   {"role": "tool", "tool_call_id": t, "content": "14:05"}]
+    else:
+        assistant = {"role": "assistant", "content": "Let me check.",
+                     "tool_calls": [{"function": {"name": "get_weather"}}, {"function": {"name": "get_time"}}]}
+        results = [{"role": "tool", "content": "18C and sunny", "tool_name": "get_weather"},
+                   {"role": "tool", "content": "14:05", "tool_name": "get_time"}]
+    assert_shape(messages[1:], [assistant, *results, {"role": "user", "content": "and in Tokyo?"}])
 
 
 @grid()
