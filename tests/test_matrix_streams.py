@@ -22,7 +22,6 @@ import pytest
 from fakes import Fault, Reply
 from test_matrix import (  # noqa: F401  (world and _fresh_queues are fixtures)
     CALLS,
-    CLIENTS,
     MODEL,
     TOOLS,
     UPSTREAMS,
