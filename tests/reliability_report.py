@@ -1,0 +1,51 @@
+"""Figures measured by the reliability tests, merged into reports/reliability.json.
+
+Each test that asserts a reliability goal also records what it measured:
+
+    from reliability_report import record
+    record("cancel.p99_ms", 212.4, unit="ms", bound="< 500", n=200)
+
+Records are merged into the file by key as they are made (a partial run
+updates only its own figures), so docs/reliability.md can quote the latest
+run of every figure. The file is gitignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+PATH = Path(__file__).resolve().parent.parent / "reports" / "reliability.json"
+
+
+def record(key: str, value: Any, *, unit: str = "", bound: str | None = None, **extra: Any) -> None:
+    """Stores one figure under `key` (e.g. "chaos.cases"), with the test that made it."""
+    entry: dict[str, Any] = {"value": value}
+    if unit:
+        entry["unit"] = unit
+    if bound is not None:
+        entry["bound"] = bound
+    entry.update(extra)
+    entry["test"] = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    entry["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    PATH.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        figures = json.loads(PATH.read_text())
+    except (OSError, ValueError):
+        figures = {}
+    figures[key] = entry
+    tmp = PATH.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(sorted(figures.items())), indent=2) + "\n")
+    tmp.replace(PATH)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0–100), nearest-rank; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
