@@ -196,6 +196,26 @@ class _TLSBackend(httpcore.AsyncNetworkBackend):
         await anyio.sleep(seconds)
 
 
+class _Unshared:
+    """Stands in for an AsyncHTTP11Connection's internal state lock. That lock
+    guards a connection against concurrent requests, which this pool already
+    rules out (a connection belongs to one request from _take to put_back),
+    and each acquisition is a trip through the event loop: two per request."""
+
+    async def __aenter__(self) -> "_Unshared":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def _unshared(http11: httpcore.AsyncHTTP11Connection) -> httpcore.AsyncHTTP11Connection:
+    # A private attribute: if a future httpcore renames it, this does nothing.
+    if type(getattr(http11, "_state_lock", None)).__name__ == "AsyncLock":
+        http11._state_lock = _Unshared()  # type: ignore[attr-defined]
+    return http11
+
+
 class _Conn:
     __slots__ = ("http", "_socket", "_backend", "idle_since", "closed")
 
@@ -290,7 +310,8 @@ class _Pool:
                 conn = _Conn(http, backend=backend)  # connects (and handshakes) on its first request
             else:
                 socket = await _connect(self.host, self.port, self.connect_timeout)
-                conn = _Conn(httpcore.AsyncHTTP11Connection(self.origin, socket, keepalive_expiry=KEEPALIVE_EXPIRY), socket=socket)
+                http11 = httpcore.AsyncHTTP11Connection(self.origin, socket, keepalive_expiry=KEEPALIVE_EXPIRY)
+                conn = _Conn(_unshared(http11), socket=socket)
         except BaseException:
             self.open -= 1
             raise
