@@ -1,0 +1,148 @@
+"""Where the router's time goes: the router in this process under cProfile,
+the fake upstream and the load generator in subprocesses on the other core.
+
+    python3 bench/hotpath.py [--requests 2000] [--concurrency 1] [--stream] [--top 30]
+
+Besides the usual cProfile table it prints numbers that do not depend on how
+busy the machine is, so changes can be compared on a shared, noisy machine:
+Python function calls per request and event-loop iterations per request (each
+iteration is an epoll_wait; each `await` that really suspends costs one).
+CPU time per request is printed too, but it moves with the machine's load.
+For a sampling view of a running router use py-spy instead:
+`py-spy record -p <router pid> -d 10 -o profile.svg`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import cProfile
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# --src DIR profiles another copy of the package (say, an older commit's), for before/after numbers.
+_src = sys.argv[sys.argv.index("--src") + 1] if "--src" in sys.argv else str(ROOT)
+sys.path.insert(0, _src)
+sys.path.insert(0, str(HERE))
+
+import anyio  # noqa: E402
+
+from run import free_port, pinned, start_fake  # noqa: E402
+
+
+def group(file: str) -> str:
+    if "site-packages/" in file:
+        return file.split("site-packages/")[1].split("/")[0]
+    if "/llmrouter/" in file:
+        return "llmrouter/" + file.split("/llmrouter/", 1)[1]
+    if file == "~":
+        return "builtins (C)"
+    return "stdlib " + file.rsplit("/", 1)[-1]
+
+
+async def profile(args: argparse.Namespace) -> None:
+    from llmrouter import config
+    from llmrouter.app import App
+
+    fake, fake_port = start_fake(argparse.Namespace(chunks=50, gap_ms=args.gap_ms, first_ms=args.first_ms))
+    workdir = tempfile.mkdtemp(prefix="llmrouter-profile-")
+    port = free_port()
+    cfg_path = Path(workdir) / "profile.toml"
+    cfg_path.write_text(
+        f'[server]\nport = {port}\n[logging]\nenabled = true\npath = "{workdir}/requests.jsonl"\n'
+        f'[[providers]]\nname = "fake"\nformat = "openai"\nbase_url = "http://127.0.0.1:{fake_port}/v1"\n'
+        '[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "fake"\n'
+    )
+    cfg = config.load(str(cfg_path), environ=os.environ)
+    app = App(cfg)
+    loop = asyncio.get_running_loop()
+    selector = loop._selector  # type: ignore[attr-defined]  # counting iterations only
+    iterations = 0
+    real_select = selector.select
+
+    def counting_select(timeout=None):
+        nonlocal iterations
+        iterations += 1
+        return real_select(timeout)
+
+    selector.select = counting_select
+
+    def load(n: int) -> list[str]:
+        code = (
+            "import asyncio, sys; sys.path.insert(0, %r)\n"
+            "from loadgen import Run\n"
+            "async def m():\n"
+            "    r = await Run(%d, %d, stream=%r, requests=%d).go()\n"
+            "    print(len(r.latencies) + len(r.streams), r.errors + r.dropped)\n"
+            "asyncio.run(m())\n"
+        ) % (str(HERE), port, args.concurrency, args.stream, n)
+        return pinned(1, [sys.executable, "-c", code])
+
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(app.run)
+            await anyio.run_process(load(max(args.requests // 10, 50)))  # warm up
+            prof = cProfile.Profile()
+            iterations = 0
+            cpu = time.process_time()
+            proc = await anyio.open_process(load(args.requests))
+            prof.enable()
+            await proc.wait()
+            prof.disable()
+            cpu = time.process_time() - cpu
+            out = (await proc.stdout.receive()).decode().split() if proc.stdout else ["0", "0"]
+            done, failed = int(out[0]), int(out[1])
+            app.shutdown()
+    finally:
+        fake.terminate()
+        fake.wait()
+
+    if args.dump:
+        prof.dump_stats(args.dump)
+    stats = pstats.Stats(prof)
+    total_calls = sum(nc for (_, _, _), (_, nc, _, _, _) in stats.stats.items())  # type: ignore[attr-defined]
+    n = max(done, 1)
+    kind = "50-event streams" if args.stream else "small non-streaming requests"
+    print(f"{done} {kind} at concurrency {args.concurrency}, {failed} failed")
+    print(f"  Python function calls per request: {total_calls / n:,.0f}")
+    print(f"  event-loop iterations per request: {iterations / n:.1f}")
+    print(f"  router CPU per request:            {cpu / n * 1e6:,.0f} µs (varies with machine load)")
+    by_group: collections.Counter[str] = collections.Counter()
+    calls_group: collections.Counter[str] = collections.Counter()
+    for (file, _, _), (_, nc, tt, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        by_group[group(file)] += tt
+        calls_group[group(file)] += nc
+    total = sum(by_group.values()) or 1
+    print("\nown time by package (cProfile; C calls include syscalls and waits):")
+    for name, tt in by_group.most_common(args.top):
+        print(f"  {tt / total * 100:5.1f}%  {calls_group[name] / n:8.1f} calls/req  {name}")
+    print()
+    stats.sort_stats(args.sort).print_stats(args.top)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--stream", action="store_true")
+    ap.add_argument("--gap-ms", type=float, default=0.0)
+    ap.add_argument("--first-ms", type=float, default=0.0)
+    ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--sort", default="tottime")
+    ap.add_argument("--src", help="directory holding the llmrouter package to profile (default: this checkout)")
+    ap.add_argument("--dump", help="also write the raw cProfile stats to this file")
+    args = ap.parse_args()
+    if (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {0})  # the router's core, as in bench/run.py
+    anyio.run(profile, args)
+
+
+if __name__ == "__main__":
+    main()
