@@ -91,6 +91,11 @@ class ConnectionInfo:
     requests: int = 0
     closed: bool = False
     closed_by_peer: bool = False  # the peer closed (or reset) before we did
+    peer_closed_at: float | None = None  # time.monotonic() when that was noticed
+
+    def mark_peer_closed(self) -> None:
+        if not self.closed_by_peer:
+            self.closed_by_peer, self.peer_closed_at = True, time.monotonic()
 
 
 def wire_format(route: str) -> str | None:
@@ -824,7 +829,7 @@ class FakeUpstream:
             if event is h11.NEED_DATA:
                 data = await _receive_or_eof(stream)
                 if not data:
-                    info.closed_by_peer = True
+                    info.mark_peer_closed()
                 conn.receive_data(data)
             elif isinstance(event, h11.Request):
                 head = event
@@ -874,7 +879,7 @@ class FakeUpstream:
             try:
                 outcome = await _send_reply(stream, conn, reply)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                info.closed_by_peer = True
+                info.mark_peer_closed()
             group.cancel_scope.cancel()
         if info.closed_by_peer or outcome == "reset":
             return "abort"
@@ -889,7 +894,7 @@ class FakeUpstream:
         while True:
             data = await _receive_or_eof(stream)
             if not data:
-                info.closed_by_peer = True
+                info.mark_peer_closed()
                 scope.cancel()
                 return
             conn.receive_data(data)  # a pipelined request, kept for the next cycle
