@@ -31,7 +31,7 @@ from llmrouter.commands import (
     StartResponse,
     UpstreamHead,
 )
-from llmrouter.pipeline import CLIENT_FORMATS, Exchange, Pipeline, _dumps
+from llmrouter.pipeline import CLIENT_FORMATS, Exchange, Pipeline, dump_json
 from llmrouter.upstream import Upstreams, UpstreamStream
 
 log = logging.getLogger("llmrouter")
@@ -149,7 +149,7 @@ async def _answer_bug(ex: Exchange, writer: ResponseWriter) -> None:
             return
         err = errors.RouterError("internal error in the router (see its log)")
         await writer.start(500, [("content-type", "application/json"), ("x-request-id", ex.request_id)])
-        await writer.send(_dumps(CLIENT_FORMATS[ex.client_format].error_body(err)))
+        await writer.send(dump_json(CLIENT_FORMATS[ex.client_format].error_body(err)))
         await writer.end()
     except Exception:
         await writer.abort()

@@ -150,7 +150,7 @@ def _serve(ctx: Context, ex: Exchange, client: Any) -> Pipeline:
     if ex.raw_reply is not None and not state.response_modified:
         body_bytes = ex.raw_reply
     else:
-        body_bytes = _dumps(client.render_response(resp, req))
+        body_bytes = dump_json(client.render_response(resp, req))
     headers = [("content-type", "application/json"), ("content-length", str(len(body_bytes))), *_router_headers(ex, rec)]
     yield StartResponse(200, headers)
     ex.response_started = True
@@ -307,7 +307,7 @@ def _send_error(ex: Exchange, client: Any, err: errors.RouterError) -> Pipeline:
     retry_after = getattr(err, "retry_after", None)
     if retry_after:
         headers.append(("retry-after", retry_after))
-    body = _dumps(client.error_body(err))
+    body = dump_json(client.error_body(err))
     headers.append(("content-length", str(len(body))))
     yield StartResponse(err.status, headers)
     ex.response_started = True
@@ -359,8 +359,5 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _dumps(value: Any) -> bytes:
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from the client: keep it escaped
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
+def dump_json(value: Any) -> bytes:
+    return formats.dumps(value).encode("utf-8")

@@ -230,3 +230,13 @@ def test_plugin_answer_skips_providers():
     p.expect(EndResponse)
     p.finish()
     assert "pareto-router" in p.ex.record.plugins
+
+
+@pytest.mark.parametrize("text", ["\ud800 lone", "emoji 😀 and \u2028 separator"])
+def test_translated_bodies_stay_valid_utf8_json(text):
+    """A lone surrogate (valid JSON, invalid UTF-8) must not break a translated upstream body."""
+    config = CONFIG.replace('type = "price"', 'type = "prefix"\nmodel_prefix = ""\nprovider = "b"')
+    p = Playbook({"model": "m", "messages": [{"role": "user", "content": text}]}, config)
+    opened = p.expect(OpenUpstream, UpstreamHead(200, []))
+    sent = json.loads(opened.call.body.decode("utf-8"))
+    assert sent["messages"][0]["content"] in (text, [{"type": "text", "text": text}])

@@ -29,6 +29,7 @@ Upstream side
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,3 +62,19 @@ def forwardable_body(req: canonical.Request, model: str) -> dict[str, Any]:
     body = {k: v for k, v in req.raw.items() if k != "plugins"}
     body["model"] = model
     return body
+
+
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_COMPACT_ASCII = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text that always encodes to UTF-8: non-ASCII text is kept
+    as is, but a lone surrogate (valid in JSON, not in UTF-8) stays escaped."""
+    text = _COMPACT(value)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return _COMPACT_ASCII(value)
+    return text

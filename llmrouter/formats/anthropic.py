@@ -19,6 +19,7 @@ from typing import Any
 from llmrouter import canonical as c
 from llmrouter import errors, sse
 from llmrouter.formats import Frame, UpstreamCall, forwardable_body, passthrough
+from llmrouter.formats import dumps as _dumps  # compact; lone surrogates stay escaped
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -53,7 +54,6 @@ _ERROR_TYPES = {
 _STATUS_BY_TYPE = {kind: status for status, kind in _ERROR_TYPES.items() if status not in (502, 504)}
 _STATUS_BY_TYPE["timeout_error"] = 504
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def error_type(status: int) -> str:

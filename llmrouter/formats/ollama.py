@@ -18,8 +18,8 @@ from typing import Any
 from llmrouter import canonical as c
 from llmrouter import errors, sse
 from llmrouter.formats import Frame, UpstreamCall
+from llmrouter.formats import dumps as _dumps  # compact; lone surrogates stay escaped
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 # --- requests ---------------------------------------------------------------------
