@@ -137,6 +137,18 @@ class UpstreamStatusError(UpstreamError):
         }.get(status, "invalid_request_error" if status < 500 else "api_error")
 
 
+class CircuitOpen(UpstreamError):
+    """Every provider for the request is skipped: each failed repeatedly and
+    its circuit breaker is open (llmrouter/breaker.py)."""
+
+    status = 503
+    code = "circuit_open"
+
+    def __init__(self, message: str, *, retry_after: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class UpstreamProtocolError(UpstreamError):
     """Malformed JSON, SSE or NDJSON from the provider, or a truncated stream."""
 

@@ -44,6 +44,19 @@ def routed(id: int, ts_ms: int, provider: str, model: str, attempt: int) -> dict
     }
 
 
+def breaker(ts_ms: int, provider: str, state: str, failures: int, cooldown_s: float) -> dict[str, Any]:
+    """A provider's circuit breaker changed state (not tied to one request)."""
+    return {
+        "type": "breaker",
+        "v": SCHEMA_VERSION,
+        "ts_ms": ts_ms,
+        "provider": provider,
+        "state": state,
+        "failures": failures,
+        "cooldown_s": cooldown_s,
+    }
+
+
 @dataclass
 class Attempt:
     provider: str
@@ -126,6 +139,7 @@ REQUIRED = {
     "routed": {"id": int, "ts_ms": int, "provider": str, "model": str},
     "complete": {"id": int, "ts_ms": int, "requested_model": str, "sent_model": str, "duration_ms": int, "tags": list, "plugins": list, "messages": list},
     "dropped": {"count": int},
+    "breaker": {"ts_ms": int, "provider": str, "state": str},
 }
 
 
