@@ -20,6 +20,7 @@ import anyio
 import anyio.abc
 
 from llmrouter import errors, events, router
+from llmrouter.breaker import Breakers
 from llmrouter.bus import EventBus
 from llmrouter.config import Config
 from llmrouter.discovery import Discovery
@@ -50,6 +51,7 @@ class App:
             rng=random.Random(),
             clock_ms=lambda: int(time.time() * 1000),
             monotonic=time.monotonic,
+            breakers=Breakers(config.server.breaker_failures, config.server.breaker_cooldown),
         )
         self.driver = Driver(self.upstreams, self.bus.publish, self.reqlog.append if self.reqlog else None, self.ctx.clock_ms)
         self.server = Server(self.handle, self.render_failure, config.server)
@@ -169,6 +171,7 @@ class App:
             ],
             "discovered": {k: sorted(v) for k, v in self.discovery.models.items()},
             "events": self.bus.statistics(),
+            "breakers": self.ctx.breakers.snapshot([p.name for p in self.config.providers], self.ctx.monotonic()),
         }
         await writer.respond(200, [("content-type", "application/json")], json.dumps(body).encode())
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmrouter import canonical, classifiers, errors, events, formats, plugins, router
+from llmrouter import breaker, canonical, classifiers, errors, events, formats, plugins, router
 from llmrouter.commands import (
     AbortResponse,
     Command,
@@ -56,6 +56,7 @@ class Context:
     clock_ms: Callable[[], int] = lambda: 0  # wall clock, epoch ms
     monotonic: Callable[[], float] = lambda: 0.0
     in_flight: int = 0
+    breakers: breaker.Breakers = field(default_factory=breaker.Breakers)
 
 
 @dataclass
@@ -164,13 +165,19 @@ def _route(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, stat
     server = ctx.config.server
     max_attempts = server.max_attempts if server.fallback_on_error else 1
     tried: set[str] = set()
+    skipped: list[str] = []  # providers whose circuit is open
     last_error: errors.UpstreamError | None = None
     for decision in router.decisions(req, ctx.config, ctx.discovered, ctx.rng):
         name = decision.provider.name
-        if name in tried:
+        if name in tried or name in skipped:
             continue
         if len(tried) >= max_attempts:
             break
+        allowed, change = ctx.breakers.allow(name, ctx.monotonic())
+        yield from _publish_breaker(ctx, change)
+        if not allowed:  # failing repeatedly: on to the next decision at once
+            skipped.append(name)
+            continue
         tried.add(name)
         rec.provider, rec.sent_model = name, decision.model
         yield Publish(events.routed(ex.id, ctx.clock_ms(), name, decision.model, len(tried)))
@@ -182,17 +189,41 @@ def _route(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, stat
         except errors.UpstreamError as err:
             attempt.outcome, attempt.status, attempt.error = "error", err.status, err.message
             attempt.duration_ms = round((ctx.monotonic() - started) * 1000)
+            yield from _breaker_outcome(ctx, name, err.status)
             if ex.response_started or not err.retryable:
                 raise
             yield Log("warning", f"request {ex.request_id}: {err.message}; trying the next provider")
             last_error = err
             continue
+        finally:
+            ctx.breakers.abandon(name)  # ended without an outcome (client gone): free a probe slot
         attempt.outcome, attempt.status = "ok", 200
         attempt.duration_ms = round((ctx.monotonic() - started) * 1000)
+        yield from _breaker_outcome(ctx, name, 200)
         return
     if last_error is not None:
         raise last_error
+    if skipped:
+        wait = ctx.breakers.retry_in(skipped, ctx.monotonic())
+        raise errors.CircuitOpen(
+            f"provider(s) {', '.join(skipped)} failed repeatedly and are skipped for now; retry in {wait:.0f}s",
+            retry_after=breaker.retry_after_header(wait),
+        )
     raise errors.NoRoute(f"no provider configured for model '{req.model}'", param="model")
+
+
+def _breaker_outcome(ctx: Context, name: str, status: int) -> Pipeline:
+    # Any answer below 500 (even 429) shows the provider is up.
+    if status < 500:
+        change = ctx.breakers.success(name)
+    else:
+        change = ctx.breakers.failure(name, ctx.monotonic())
+    yield from _publish_breaker(ctx, change)
+
+
+def _publish_breaker(ctx: Context, change: breaker.Change | None) -> Pipeline:
+    if change is not None:
+        yield Publish(events.breaker(ctx.clock_ms(), change.provider, change.state, change.failures, change.cooldown))
 
 
 def _call(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, state: Any, decision: Any) -> Pipeline:
