@@ -308,7 +308,9 @@ class Connection:
             await self.send(h11.Response(status_code=failure.status, headers=headers, reason=_reason(failure.status)))
             await self.send(h11.Data(data=body))
             await self.send(h11.EndOfMessage())
-        self.closed = True
+        # Not marked closed: close_gracefully then lingers (half-close, read
+        # what the client still sends). Closing with unread input makes the
+        # kernel send a RST, which can destroy the refusal before it is read.
 
     async def close_gracefully(self) -> None:
         """Half-closes, gives the client a moment to read, then closes."""
