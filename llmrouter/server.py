@@ -219,6 +219,9 @@ class Connection:
 
     async def read_body(self, event: h11.Request) -> HTTPRequest | None:
         limits = self.limits
+        if not event.http_version.startswith(b"1."):  # h11 parses any d.d (e.g. the HTTP/2 preface)
+            await self.refuse(ProtocolFailure(505, f"HTTP/{event.http_version.decode()} is not supported; use HTTP/1.1"))
+            return None
         target = event.target.decode("latin-1")
         path, _, query = target.partition("?")
         headers: dict[str, str] = {}
