@@ -108,6 +108,7 @@ class Connection:
         self.limits = server.limits
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         self.closed = False
+        self.head_request = False  # h11 refuses a body in the answer to HEAD
         try:
             host, port = stream.extra(SocketAttribute.remote_address)[:2]
             self.client = f"{host}:{port}"
@@ -182,6 +183,7 @@ class Connection:
 
     async def read_request(self) -> HTTPRequest | None:
         limits = self.limits
+        self.head_request = False
         first_byte_at: float | None = None
         idle_deadline = anyio.current_time() + limits.keepalive_timeout
         try:
@@ -219,6 +221,7 @@ class Connection:
 
     async def read_body(self, event: h11.Request) -> HTTPRequest | None:
         limits = self.limits
+        self.head_request = event.method == b"HEAD"
         if not event.http_version.startswith(b"1."):  # h11 parses any d.d (e.g. the HTTP/2 preface)
             await self.refuse(ProtocolFailure(505, f"HTTP/{event.http_version.decode()} is not supported; use HTTP/1.1"))
             return None
@@ -309,7 +312,8 @@ class Connection:
         headers = [SERVER_HEADER, *headers, ("content-length", str(len(body))), ("connection", "close")]
         with contextlib.suppress(errors.ClientGone):
             await self.send(h11.Response(status_code=failure.status, headers=headers, reason=_reason(failure.status)))
-            await self.send(h11.Data(data=body))
+            if not self.head_request:
+                await self.send(h11.Data(data=body))
             await self.send(h11.EndOfMessage())
         # Not marked closed: close_gracefully then lingers (half-close, read
         # what the client still sends). Closing with unread input makes the
