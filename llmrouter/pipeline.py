@@ -13,6 +13,7 @@ request ends (errors and disconnects included).
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass, field
@@ -378,7 +379,7 @@ def _decode_json(body: bytes) -> tuple[Any, str | None]:
     if not body:
         return None, "request body is empty: expected a JSON object"
     try:
-        value = json.loads(body, parse_constant=_reject_constant)
+        value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         return None, f"request body is not valid JSON: {exc}"
     if not isinstance(value, dict):
@@ -388,6 +389,14 @@ def _decode_json(body: bytes) -> tuple[Any, str | None]:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 parses as inf, which would be forwarded as `Infinity` (not JSON).
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"number {text} is out of range")
+    return value
 
 
 def dump_json(value: Any) -> bytes:
