@@ -129,7 +129,21 @@ class Record:
 
 def dumps(event: dict[str, Any]) -> str:
     """Compact, single-line JSON (safe inside one SSE data line and one log line)."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a client: keep everything escaped
+        return json.dumps(event, separators=(",", ":"))
+    # str.splitlines() (and JavaScript before ES2019) end lines at these too.
+    for char in _LINE_BREAKS:
+        if char in text:
+            text = text.replace(char, f"\\u{ord(char):04x}")
+    return text
+
+
+_LINE_BREAKS = ("\u2028", "\u2029", "\x85")
 
 
 # Fields every reader can rely on, per event type (the original's names).
