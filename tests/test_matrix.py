@@ -63,6 +63,9 @@ CALLS = [("get_weather", '{"city": "Paris", "unit": "c"}'), ("get_time", '{"tz":
 CONFIG = """
 [server]
 port = 0
+# These tests share one router and script many upstream failures on purpose;
+# circuit breaking (tested in test_breaker.py) must not turn them into 503s.
+breaker_failures = 1000000
 
 [[providers]]
 name = "oa"
