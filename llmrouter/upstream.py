@@ -35,7 +35,7 @@ import math
 import select
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -51,21 +51,29 @@ KEEPALIVE_EXPIRY = 30.0  # idle upstream connections older than this are closed
 _BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
-@contextlib.contextmanager
-def translate_errors(provider: Provider) -> Iterator[None]:
+# httpcore's exceptions, translated by `_translate`. Callers catch these in a
+# plain try/except: a @contextmanager around every read costs a generator per
+# call, which showed up in the profile of a stream's per-chunk path.
+_HTTPCORE_ERRORS = (
+    httpcore.TimeoutException,
+    httpcore.ConnectError,
+    httpcore.UnsupportedProtocol,
+    httpcore.ProtocolError,
+    httpcore.NetworkError,
+)
+
+
+def _translate(provider: Provider, exc: Exception) -> errors.UpstreamError:
     name = provider.name
-    try:
-        yield
-    except httpcore.ConnectTimeout as exc:
-        raise errors.UpstreamTimeout(f"provider '{name}': connect timed out after {provider.connect_timeout:g}s") from exc
-    except httpcore.TimeoutException as exc:
-        raise errors.UpstreamTimeout(f"provider '{name}': timed out ({type(exc).__name__})") from exc
-    except httpcore.ConnectError as exc:
-        raise errors.UpstreamConnectError(f"provider '{name}': cannot connect to {provider.base_url}: {exc or 'connection refused'}") from exc
-    except httpcore.UnsupportedProtocol as exc:
-        raise errors.UpstreamConnectError(f"provider '{name}': unsupported URL {provider.base_url}") from exc
-    except (httpcore.ProtocolError, httpcore.NetworkError) as exc:
-        raise errors.UpstreamProtocolError(f"provider '{name}': connection failed: {exc or type(exc).__name__}") from exc
+    if isinstance(exc, httpcore.ConnectTimeout):
+        return errors.UpstreamTimeout(f"provider '{name}': connect timed out after {provider.connect_timeout:g}s")
+    if isinstance(exc, httpcore.TimeoutException):
+        return errors.UpstreamTimeout(f"provider '{name}': timed out ({type(exc).__name__})")
+    if isinstance(exc, httpcore.ConnectError):
+        return errors.UpstreamConnectError(f"provider '{name}': cannot connect to {provider.base_url}: {exc or 'connection refused'}")
+    if isinstance(exc, httpcore.UnsupportedProtocol):
+        return errors.UpstreamConnectError(f"provider '{name}': unsupported URL {provider.base_url}")
+    return errors.UpstreamProtocolError(f"provider '{name}': connection failed: {exc or type(exc).__name__}")
 
 
 class _Socket(httpcore.AsyncNetworkStream):
@@ -374,12 +382,13 @@ class UpstreamStream:
         timer for streams), so a stream chunk costs no extra cancel scope."""
         if self.done:
             return b""
-        with translate_errors(self.provider):
-            try:
-                return await self._chunks.__anext__()
-            except StopAsyncIteration:
-                self.done = True
-                return b""
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            self.done = True
+            return b""
+        except _HTTPCORE_ERRORS as exc:
+            raise _translate(self.provider, exc) from exc
 
     async def read_all(self, limit: int) -> bytes:
         """The whole body; each wait for more data is limited to idle_timeout
@@ -439,19 +448,20 @@ class Upstreams:
             # driver's idle timer and read_all.
             extensions={"timeout": {"connect": provider.connect_timeout}},
         )
-        with translate_errors(provider):
+        # A bare CancelScope with a deadline: anyio.fail_after is the same
+        # scope wrapped in a generator-based context manager.
+        with anyio.CancelScope(deadline=anyio.current_time() + provider.first_byte_timeout) as scope:
             try:
-                with anyio.fail_after(provider.first_byte_timeout):
-                    await pool.acquire_slot()
-                    try:
-                        conn, response = await pool.send(request)
-                    except BaseException:
-                        pool.release_slot()
-                        raise
-            except TimeoutError as exc:
-                raise errors.UpstreamTimeout(
-                    f"provider '{provider.name}': no response within {provider.first_byte_timeout:g}s"
-                ) from exc
+                await pool.acquire_slot()
+                try:
+                    conn, response = await pool.send(request)
+                except BaseException:
+                    pool.release_slot()
+                    raise
+            except _HTTPCORE_ERRORS as exc:
+                raise _translate(provider, exc) from exc
+        if scope.cancelled_caught:
+            raise errors.UpstreamTimeout(f"provider '{provider.name}': no response within {provider.first_byte_timeout:g}s")
         return UpstreamStream(provider, response, pool, conn)
 
     async def aclose(self) -> None:
