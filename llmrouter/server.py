@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -95,6 +96,15 @@ class ResponseWriter:
         self.finished = True
         await self._conn.close_abruptly()
 
+    def limit_send_buffer(self, size: int) -> None:
+        """Caps the kernel's send buffer of this connection (for long-lived
+        event feeds): writes to a reader that stopped reading then block
+        after `size` bytes instead of after megabytes of autotuned buffer."""
+        sock = self._conn.stream.extra(SocketAttribute.raw_socket, None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
     async def respond(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         await self.start(status, [*headers, ("content-length", str(len(body)))])
         await self.send(body)
@@ -109,6 +119,12 @@ class Connection:
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         self.closed = False
         self.head_request = False  # h11 refuses a body in the answer to HEAD
+        self._tasks: anyio.abc.TaskGroup | None = None  # holds this connection's reader task
+        self._reader_started = False
+        self._read_wanted = anyio.Event()  # set: the reader should do one read
+        self._ahead: anyio.Event | None = None  # a read-ahead in flight, or done and not yet taken
+        self._ahead_eof = False
+        self._handler_scope: anyio.CancelScope | None = None
         try:
             host, port = stream.extra(SocketAttribute.remote_address)[:2]
             self.client = f"{host}:{port}"
@@ -143,20 +159,34 @@ class Connection:
         with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
             await self.stream.aclose()
 
+    async def _read(self) -> bytes:
+        try:
+            return await self.stream.receive(READ_SIZE)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return b""
+
     async def receive(self) -> bool:
         """Feeds h11 the next bytes; False at EOF or a broken connection."""
-        try:
-            data = await self.stream.receive(READ_SIZE)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        if self._ahead is not None:  # the read-ahead started during the last response
+            await self._ahead.wait()
+            self._ahead = None
+            if not self._ahead_eof:
+                return True  # it already fed h11
             data = b""
+        else:
+            data = await self._read()
         self.h11.receive_data(data)
         return bool(data)
 
     async def run(self) -> None:
         try:
-            while not self.closed:
-                if not await self.one_cycle():
-                    break
+            async with anyio.create_task_group() as self._tasks:
+                try:
+                    while not self.closed:
+                        if not await self.one_cycle():
+                            break
+                finally:
+                    self._tasks.cancel_scope.cancel()  # a read-ahead still waiting
         finally:
             await self.close_gracefully()
 
@@ -270,9 +300,10 @@ class Connection:
 
     async def run_handler(self, request: HTTPRequest, writer: ResponseWriter) -> None:
         """Runs the handler while watching for the client to hang up."""
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self.watch_disconnect, tg.cancel_scope)
+        with anyio.CancelScope() as scope:
+            self._handler_scope = scope
             try:
+                self.watch()
                 await self.server.handler(request, writer)
             except errors.ClientGone:
                 pass
@@ -284,24 +315,50 @@ class Connection:
                 else:
                     await self.close_abruptly()
             finally:
-                tg.cancel_scope.cancel()
-        if tg.cancel_scope.cancelled_caught and not writer.finished:
-            await self.close_abruptly()  # the watcher saw the client leave
+                self._handler_scope = None
+        if scope.cancelled_caught and not writer.finished:
+            await self.close_abruptly()  # the read-ahead saw the client leave
 
-    async def watch_disconnect(self, scope: anyio.CancelScope) -> None:
-        """Reads ahead while a response is produced: EOF means the client is
-        gone (cancel the handler); bytes are a pipelined request, kept for later."""
-        if self.h11.their_state is not h11.DONE:
-            return
-        try:
-            data = await self.stream.receive(READ_SIZE)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            data = b""
-        if data:
-            self.h11.receive_data(data)
-            return
-        self.closed = True
-        scope.cancel()
+    def watch(self) -> None:
+        """Starts a read-ahead while a response is produced: EOF means the
+        client is gone (the handler is cancelled); bytes are a pipelined
+        request, fed to h11 for later. The read-ahead outlives the response
+        and serves as the next request's first read (`receive`), so nothing
+        has to be cancelled when the response ends. One reader task per
+        connection does these reads: a task group, a task and a cancel per
+        request cost more than the rest of the server's work on a small
+        request (docs/performance.md)."""
+        if self._ahead is not None and self._ahead.is_set():
+            self._ahead = None  # done during the last response; its bytes are already in h11
+            if self._ahead_eof:
+                self.closed = True
+                assert self._handler_scope is not None
+                self._handler_scope.cancel()
+                return
+        if self._ahead is None and self.h11.their_state is h11.DONE and self._tasks is not None:
+            self._ahead, self._ahead_eof = anyio.Event(), False
+            self._read_wanted.set()
+            if not self._reader_started:
+                self._reader_started = True
+                self._tasks.start_soon(self._reader)
+
+    async def _reader(self) -> None:
+        while True:
+            await self._read_wanted.wait()
+            self._read_wanted = anyio.Event()
+            data = await self._read()
+            done = self._ahead
+            assert done is not None
+            if data:
+                self.h11.receive_data(data)
+            else:
+                self._ahead_eof = True
+                if self._handler_scope is not None:  # the client left while its response was produced
+                    self.closed = True
+                    self._handler_scope.cancel()
+            done.set()
+            if not data:
+                return
 
     async def refuse(self, failure: ProtocolFailure, writer: ResponseWriter | None = None) -> None:
         """Answers a request the server cannot serve, then closes the connection."""
