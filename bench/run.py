@@ -62,6 +62,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+ROUTER_CORE = 0  # --router-core 1 puts everything on one core (shows what cross-core wakeups cost)
 NICE = 0  # set from --nice: a negative value puts the benchmark ahead of other work
 
 
@@ -82,9 +83,36 @@ def start_fake(args: argparse.Namespace) -> tuple[subprocess.Popen, int]:
     return proc, int(line[1])
 
 
-def start_router(fake_port: int, workdir: str, log_requests: bool) -> tuple[subprocess.Popen, int]:
+def wait_ready(proc: subprocess.Popen, port: int, errfile: Path, what: str) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited at startup:\n" + errfile.read_text())
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                if s.recv(100).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not answer within 15 s")
+
+
+def start_floor(mode: str, fake_port: int, workdir: str) -> tuple[subprocess.Popen, int]:
+    """bench/bare_server.py: the canned-reply server or the minimal relay."""
     port = free_port()
-    config = Path(workdir) / "bench.toml"
+    argv = [sys.executable, str(HERE / "bare_server.py"), "--port", str(port)]
+    if mode == "relay":
+        argv += ["--relay", str(fake_port)]
+    err = Path(workdir) / f"{mode}.err"
+    proc = subprocess.Popen(pinned(ROUTER_CORE, argv), stdout=subprocess.DEVNULL, stderr=open(err, "w"))
+    wait_ready(proc, port, err, f"the {mode} floor server")
+    return proc, port
+
+
+def start_router(fake_port: int, workdir: str, log_requests: bool, src: Path = ROOT, name: str = "router") -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    config = Path(workdir) / f"{name}.toml"
     config.write_text(
         f"""[server]
 port = {port}
@@ -92,7 +120,7 @@ dashboard = true
 
 [logging]
 enabled = {str(log_requests).lower()}
-path = "{workdir}/requests.jsonl"
+path = "{workdir}/{name}-requests.jsonl"
 
 [[providers]]
 name = "fake"
@@ -105,39 +133,36 @@ model_prefix = ""
 provider = "fake"
 """
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(src) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("OPENAI_API_KEY", None)
     argv = [sys.executable, "-m", "llmrouter", "serve", str(config), "--port", str(port)]
-    proc = subprocess.Popen(pinned(0, argv), cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=open(Path(workdir) / "router.err", "w"))
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("the router exited at startup:\n" + (Path(workdir) / "router.err").read_text())
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-                if s.recv(100).startswith(b"HTTP/1.1 200"):
-                    return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("the router did not answer /health within 15 s")
+    err = Path(workdir) / f"{name}.err"
+    proc = subprocess.Popen(pinned(ROUTER_CORE, argv), cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=open(err, "w"))
+    wait_ready(proc, port, err, f"the {name}")
+    return proc, port
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, fake: subprocess.Popen, fake_port: int, router: subprocess.Popen, router_port: int) -> None:
+    """`servers` maps each measured target but "direct" to its (process, port)."""
+
+    def __init__(self, args: argparse.Namespace, fake: subprocess.Popen, fake_port: int, servers: dict[str, tuple[subprocess.Popen, int]]) -> None:
         self.args = args
-        self.fake, self.router = fake, router
-        self.ports = {"direct": fake_port, "router": router_port}
+        self.fake = fake
+        self.procs = {name: proc for name, (proc, _) in servers.items()}
+        self.ports = {"direct": fake_port, **{name: port for name, (_, port) in servers.items()}}
+        self.stream_targets = [t for t in ("direct", "router", "compare") if t in self.ports]
 
     async def measure(self, target: str, concurrency: int, *, stream: bool, duration: float = 1.0, requests: int = 0) -> dict[str, Any]:
-        router0, fake0, self0 = cpu_seconds(self.router.pid), cpu_seconds(self.fake.pid), time.process_time()
+        proc = self.procs.get(target)
+        server0 = cpu_seconds(proc.pid) if proc else 0.0
+        fake0, self0 = cpu_seconds(self.fake.pid), time.process_time()
         run = await Run(self.ports[target], concurrency, stream=stream, duration=duration, requests=requests).go()
         n = len(run.latencies) + len(run.streams)
         return {
             "run": run,
             "n": n,
             "elapsed": run.elapsed,
-            "router_cpu": cpu_seconds(self.router.pid) - router0,
+            "router_cpu": cpu_seconds(proc.pid) - server0 if proc else 0.0,
             "fake_cpu": cpu_seconds(self.fake.pid) - fake0,
             "loadgen_cpu": time.process_time() - self0,
         }
@@ -145,10 +170,10 @@ class Bench:
     async def requests(self, concurrency: int) -> dict[str, Any]:
         a = self.args
         out: dict[str, Any] = {}
-        for target in ("direct", "router"):
+        for target in self.ports:
             out[target] = {"lat": [], "n": 0, "elapsed": 0.0, "router_cpu": 0.0, "fake_cpu": 0.0, "loadgen_cpu": 0.0, "errors": 0}
         for _ in range(a.rounds):
-            for target in ("direct", "router"):
+            for target in self.ports:
                 m = await self.measure(target, concurrency, stream=False, duration=a.duration)
                 acc = out[target]
                 acc["lat"] += m["run"].latencies
@@ -164,7 +189,7 @@ class Bench:
                 "rps": acc["n"] / acc["elapsed"],
                 "p50_ms": pct(lat, 50),
                 "p99_ms": pct(lat, 99),
-                "router_cpu_us_per_req": acc["router_cpu"] / acc["n"] * 1e6 if target == "router" else 0.0,
+                "router_cpu_us_per_req": acc["router_cpu"] / acc["n"] * 1e6,  # the measured server's CPU (0 for direct)
                 "core1_cpu_us_per_req": (acc["fake_cpu"] + acc["loadgen_cpu"]) / acc["n"] * 1e6,
             }
         d, r = result["direct"], result["router"]
@@ -174,10 +199,10 @@ class Bench:
 
     async def streams(self, concurrency: int) -> dict[str, Any]:
         a = self.args
-        samples: dict[str, list] = {"direct": [], "router": []}
-        errors = {"direct": 0, "router": 0}
+        samples: dict[str, list] = {t: [] for t in self.stream_targets}
+        errors = {t: 0 for t in self.stream_targets}
         for _ in range(a.rounds):
-            for target in ("direct", "router"):
+            for target in self.stream_targets:
                 m = await self.measure(target, concurrency, stream=True, requests=a.streams)
                 samples[target] += m["run"].streams
                 errors[target] += m["run"].errors + m["run"].dropped
@@ -249,7 +274,7 @@ def table(results: dict[str, Any]) -> str:
             "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for s in results["streams"]:
-            for target in ("direct", "router"):
+            for target in [t for t in ("direct", "router", "compare") if t in s]:
                 x = s[target]
                 ev = f"{x['events_min']}" if x["events_min"] == x["events_max"] else f"{x['events_min']}..{x['events_max']}"
                 lines.append(
@@ -260,6 +285,23 @@ def table(results: dict[str, Any]) -> str:
                 f"| {s['concurrency']} | **added** | {s['added_head_ms']:.3f} | {s['added_ttft_ms']:.3f} | {s['added_total_ms']:.3f} | | "
                 f"| {s['added_event_lag_p50_us']:.0f} | {s['added_event_lag_p99_us']:.0f} |"
             )
+    others = [t for t in ("compare", "relay", "bare") if t in results["requests"][0]]
+    if others:
+        lines += [
+            "",
+            "Other servers measured in the same rounds (bare: anyio + h11 answering a canned reply; relay: that server "
+            "forwarding to the fake over one httpcore AsyncHTTP11Connection per client connection; compare: the router from --compare)",
+            "",
+            "| conc | server | req/s | p50 ms | p99 ms | CPU µs/req | router req/s as % of it |",
+            "|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in results["requests"]:
+            for target in ("router", *others):
+                x = r[target]
+                share = "" if target == "router" else f"{r['router']['rps'] / x['rps'] * 100:.0f}%"
+                lines.append(
+                    f"| {r['concurrency']} | {target} | {x['rps']:,.0f} | {x['p50_ms']:.3f} | {x['p99_ms']:.3f} | {x['router_cpu_us_per_req']:.0f} | {share} |"
+                )
     lines += ["", "| target | measured | met |", "|---|---:|:---:|"]
     for name, value, ok in verdicts(results):
         lines.append(f"| {name} | {value} | {'yes' if ok else '**no**'} |")
@@ -276,14 +318,20 @@ def table(results: dict[str, Any]) -> str:
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="llmrouter-bench-") as workdir:
         fake, fake_port = start_fake(args)
-        router = None
+        servers: dict[str, tuple[subprocess.Popen, int]] = {}
         try:
-            router, router_port = start_router(fake_port, workdir, args.log_requests)
-            b = Bench(args, fake, fake_port, router, router_port)
-            # Warm both paths: connections, pools, first-call imports.
-            for target in ("direct", "router"):
+            servers["router"] = start_router(fake_port, workdir, args.log_requests)
+            if args.compare:
+                servers["compare"] = start_router(fake_port, workdir, args.log_requests, Path(args.compare).resolve(), "compare")
+            if args.floors:
+                servers["relay"] = start_floor("relay", fake_port, workdir)
+                servers["bare"] = start_floor("bare", fake_port, workdir)
+            b = Bench(args, fake, fake_port, servers)
+            # Warm every path: connections, pools, first-call imports.
+            for target in b.ports:
                 await b.measure(target, 16, stream=False, duration=0.3)
-                await b.measure(target, 2, stream=True, requests=4)
+                if target in b.stream_targets:
+                    await b.measure(target, 2, stream=True, requests=4)
             results: dict[str, Any] = {"requests": [], "streams": []}
             for c in args.concurrency:
                 results["requests"].append(await b.requests(c))
@@ -292,7 +340,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 results["streams"].append(await b.streams(c))
                 print(f"  streams c={c} done", file=sys.stderr, flush=True)
         finally:
-            for proc in (router, fake):
+            for proc in [p for p, _ in servers.values()] + [fake]:
                 if proc is not None:
                     proc.terminate()
                     try:
@@ -314,6 +362,9 @@ def main() -> None:
     ap.add_argument("--gap-ms", type=float, default=1.0, help="pause between streamed events at the fake")
     ap.add_argument("--first-ms", type=float, default=5.0, help="pause between the head and the first event at the fake")
     ap.add_argument("--no-log", dest="log_requests", action="store_false", help="turn the router's JSONL request log off")
+    ap.add_argument("--floors", action="store_true", help="also measure bench/bare_server.py as a canned-reply server and as a minimal relay")
+    ap.add_argument("--compare", metavar="SRC", help="also measure the router from this directory (one holding an llmrouter package), for A/B comparisons")
+    ap.add_argument("--router-core", type=int, default=0, help="core for the router (default 0; the fake and load generator use core 1)")
     ap.add_argument("--nice", type=int, default=0, help="run all three processes at this nice level (e.g. -10, needs root) so that other work on a shared machine disturbs them less")
     ap.add_argument("--json", default=str(HERE / "results" / "latest.json"))
     args = ap.parse_args()
@@ -322,6 +373,8 @@ def main() -> None:
     args.streams = args.streams or (12 if args.quick else 30)
     if (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})  # the load generator shares core 1 with the fake
+    global ROUTER_CORE
+    ROUTER_CORE = args.router_core
     if args.nice:
         global NICE
         NICE = args.nice
