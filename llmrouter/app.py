@@ -36,6 +36,9 @@ CHAT_ROUTES = {"/v1/chat/completions": "openai", "/v1/messages": "anthropic", "/
 GET_ROUTES = ("/health", "/v1/models", "/dashboard", "/dashboard/events")
 KEEPALIVE_EVERY = 15.0
 SUBSCRIBER_BUFFER = 1024
+FEED_SEND_TIMEOUT = 5.0  # a feed subscriber whose socket takes no data this long is cut off
+FEED_SEND_BUFFER = 64 * 1024  # kernel send buffer per feed connection (the default autotunes to MBs)
+FEED_BATCH = 256  # events written to a subscriber in one send, at most
 
 
 class App:
@@ -192,22 +195,35 @@ class App:
     async def event_feed(self, writer: ResponseWriter) -> None:
         """SSE: `event: <type>` + `data: <json>` per event, a comment every 15 s."""
         with self.bus.subscribe(SUBSCRIBER_BUFFER) as sub:
+            writer.limit_send_buffer(FEED_SEND_BUFFER)
             await writer.start(200, [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-accel-buffering", "no")])
             await writer.send(b": connected\n\n")
             while True:
+                data = b": keep-alive\n\n"
                 with anyio.move_on_after(KEEPALIVE_EVERY):
                     try:
                         event = await sub.receive.receive()
                     except (anyio.EndOfStream, anyio.ClosedResourceError):
                         break
-                    frames = []
+                    frames = [_sse(event)]
+                    # Whatever else is queued goes out in the same write: one
+                    # send per burst, not per event, for each subscriber.
+                    while len(frames) < FEED_BATCH:
+                        try:
+                            frames.append(_sse(sub.receive.receive_nowait()))
+                        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                            break
                     dropped = sub.take_dropped()
                     if dropped:
-                        frames.append(_sse({"type": "dropped", "v": events.SCHEMA_VERSION, "count": dropped}))
-                    frames.append(_sse(event))
-                    await writer.send(b"".join(frames))
-                    continue
-                await writer.send(b": keep-alive\n\n")
+                        frames.insert(0, _sse({"type": "dropped", "v": events.SCHEMA_VERSION, "count": dropped}))
+                    data = b"".join(frames)
+                # A subscriber that stopped reading (a frozen tab, a suspended
+                # laptop) would hold its connection forever: cut it off.
+                with anyio.move_on_after(FEED_SEND_TIMEOUT) as sending:
+                    await writer.send(data)
+                if sending.cancelled_caught:
+                    await writer.abort()
+                    return
             await writer.end()
 
     async def respond_error(self, writer: ResponseWriter, client_format: str, err: errors.RouterError, allow: str | None = None) -> None:
