@@ -13,6 +13,7 @@ import pytest
 
 from fakes import FakeUpstream, Hang, Reply
 from harness import make_config, provider_config, running_router
+from llmrouter import app as app_module
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -105,7 +106,10 @@ def test_200_concurrent_requests_make_200_valid_lines(fake, tmp_path):
     assert sorted(int(r["messages"][0]["content"].split()[0][1:]) for r in records) == list(range(200))
 
 
-def test_stalled_subscriber_loses_events_but_requests_go_on(fake):
+def test_stalled_subscriber_loses_events_but_requests_go_on(fake, monkeypatch):
+    # A subscriber stalled this long would be cut off (test_load.py); here it
+    # must survive to read again and learn what it lost.
+    monkeypatch.setattr(app_module, "FEED_SEND_TIMEOUT", 600.0)
     with running_router(config_for(fake.url)) as router:
         stalled = socket.create_connection(("127.0.0.1", router.port))
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
