@@ -73,7 +73,14 @@ class ChunkReader:
                     await self._send.send(errors.UpstreamProtocolError(f"reading upstream failed: {exc!r}"))
 
     async def next(self, timeout: float) -> bytes | errors.UpstreamError | None:
-        with anyio.move_on_after(timeout):
+        try:  # a chunk that is already here needs no timer (the common case in a busy stream)
+            return self._receive.receive_nowait()
+        except anyio.WouldBlock:
+            pass
+        except anyio.EndOfStream:
+            return b""
+        # A bare deadline scope: move_on_after wraps the same in a generator.
+        with anyio.CancelScope(deadline=anyio.current_time() + timeout):
             try:
                 return await self._receive.receive()
             except anyio.EndOfStream:
@@ -287,12 +294,11 @@ class _Run:
         stream = self.stream
         assert stream is not None, "ReadUpstreamBody without an open upstream"
         try:
-            with anyio.fail_after(max(self.deadline - time.monotonic(), 0)):
+            with anyio.CancelScope(deadline=anyio.current_time() + max(self.deadline - time.monotonic(), 0)):
                 return await stream.read_all(limit)
-        except TimeoutError:
-            raise errors.UpstreamTimeout(
+            raise errors.UpstreamTimeout(  # only reached when the deadline cancelled the read
                 f"provider '{stream.provider.name}': reply not finished within {stream.provider.total_timeout:g}s"
-            ) from None
+            )
         finally:
             await self.release()
 
