@@ -34,6 +34,7 @@ from llmrouter.commands import (
     UpstreamHead,
 )
 from llmrouter.config import Config
+from llmrouter.redact import Redactor
 from llmrouter.formats import anthropic, ollama, openai, responses
 
 CLIENT_FORMATS = {"openai": openai, "anthropic": anthropic, "responses": responses}
@@ -58,6 +59,13 @@ class Context:
     monotonic: Callable[[], float] = lambda: 0.0
     in_flight: int = 0
     breakers: breaker.Breakers = field(default_factory=breaker.Breakers)
+    # Removes configured keys from upstream error text (built from the config when not given).
+    redact: Callable[[str], str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.redact is None:
+            keys = [p.api_key for p in self.config.providers] + [self.config.server.api_key]
+            self.redact = Redactor(keys)
 
 
 @dataclass
@@ -236,7 +244,7 @@ def _call(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, state
     upstream = UPSTREAM_FORMATS[provider.format]
     head: UpstreamHead = yield OpenUpstream(provider, upstream.build_request(req, decision.model, provider))
     if not 200 <= head.status < 300:
-        message = upstream.error_message(head.status, head.error_body)
+        message = ctx.redact(upstream.error_message(head.status, head.error_body))  # upstreams quote keys
         retry_after = next((v for k, v in head.headers if k == "retry-after"), None)
         raise errors.UpstreamStatusError(
             f"provider '{provider.name}' returned {head.status}: {message}", status=head.status, retry_after=retry_after
@@ -271,15 +279,18 @@ def _relay_stream(ctx: Context, ex: Exchange, client: Any, req: canonical.Reques
         out: list[bytes] = []
         failure: canonical.StreamError | None = None
         for frame in frames:
+            raw = frame.raw
             for event in frame.events:
-                collector.add(event)
                 if isinstance(event, canonical.StreamError):
-                    failure = event
+                    # An upstream may quote the key it was sent in its error.
+                    event = failure = canonical.StreamError(ctx.redact(event.message), event.status, event.kind)
+                    raw = ctx.redact(raw.decode("utf-8", "replace")).encode()
+                collector.add(event)
             if relay:
                 # OpenAI upstreams are always asked for stream usage; a client
                 # that did not ask for it does not get that extra frame.
                 if req.include_usage or decision.provider.format != "openai" or not _usage_only(frame):
-                    out.append(frame.raw)
+                    out.append(raw)
             else:
                 out.extend(ex.encoder.encode(e) for e in frame.events if not isinstance(e, canonical.StreamError))
         if not ex.response_started:
