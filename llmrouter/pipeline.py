@@ -243,6 +243,8 @@ def _call(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, state
         )
     upstream = UPSTREAM_FORMATS[provider.format]
     head: UpstreamHead = yield OpenUpstream(provider, upstream.build_request(req, decision.model, provider))
+    if 300 <= head.status < 400:  # never followed (it could point anywhere), nor passed on
+        raise errors.UpstreamProtocolError(f"provider '{provider.name}' answered with a redirect ({head.status}); redirects are not followed")
     if not 200 <= head.status < 300:
         message = ctx.redact(upstream.error_message(head.status, head.error_body))  # upstreams quote keys
         retry_after = next((v for k, v in head.headers if k == "retry-after"), None)
