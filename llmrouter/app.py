@@ -263,6 +263,13 @@ def _same_or_loopback_origin(origin: str, host: str) -> bool:
         return False
     if rest == host:
         return True
-    hostname = rest.rsplit(":", 1)[0] if not rest.startswith("[") else rest.split("]")[0] + "]"
+    if rest.startswith("["):  # an IPv6 literal, then nothing but an optional port
+        hostname, _, port = rest.partition("]")
+        hostname += "]"
+    else:
+        hostname, _, port = rest.partition(":")
+        port = ":" + port if port else ""
+    if port and not (port[0] == ":" and port[1:].isdigit()):
+        return False
     return hostname in ("127.0.0.1", "localhost", "[::1]")
 
