@@ -10,6 +10,7 @@ firewall: nothing that happens on one connection can stop the listener.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -274,28 +275,32 @@ class Connection:
         if self.h11.they_are_waiting_for_100_continue:
             await self.send(h11.InformationalResponse(status_code=100, headers=[]))
         body = bytearray()
-        with anyio.move_on_after(limits.body_timeout) as scope:
-            while True:
-                ev = self.h11.next_event()
-                if ev is h11.NEED_DATA:
-                    if not await self.receive():
-                        ev = self.h11.next_event()
-                        if ev is h11.NEED_DATA or isinstance(ev, h11.ConnectionClosed):
-                            return None
-                    else:
-                        continue
-                if isinstance(ev, h11.Data):
-                    body += ev.data
-                    if len(body) > limits.max_body_bytes:
-                        await self.refuse(ProtocolFailure(413, f"request body larger than {limits.max_body_bytes} bytes", path))
-                        return None
-                elif isinstance(ev, h11.EndOfMessage):
-                    break
-                else:
+        deadline = anyio.current_time() + limits.body_timeout  # for the whole body
+        while True:
+            ev = self.h11.next_event()
+            if ev is h11.NEED_DATA:
+                # A timer only around reads: a small body usually came with the
+                # head and needs none (a deadline scope per request is not free).
+                with anyio.CancelScope(deadline=deadline) as scope:
+                    alive = await self.receive()
+                if scope.cancelled_caught:
+                    await self.refuse(ProtocolFailure(408, "request body not received in time", path))
                     return None
-        if scope.cancelled_caught:
-            await self.refuse(ProtocolFailure(408, "request body not received in time", path))
-            return None
+                if not alive:
+                    ev = self.h11.next_event()
+                    if ev is h11.NEED_DATA or isinstance(ev, h11.ConnectionClosed):
+                        return None
+                else:
+                    continue
+            if isinstance(ev, h11.Data):
+                body += ev.data
+                if len(body) > limits.max_body_bytes:
+                    await self.refuse(ProtocolFailure(413, f"request body larger than {limits.max_body_bytes} bytes", path))
+                    return None
+            elif isinstance(ev, h11.EndOfMessage):
+                break
+            else:
+                return None
         return HTTPRequest(event.method.decode("ascii", "replace"), target, path, query, headers, bytes(body), self.client)
 
     async def run_handler(self, request: HTTPRequest, writer: ResponseWriter) -> None:
@@ -464,6 +469,7 @@ class Server:
             self._idle.pop(conn, None)
 
 
+@functools.lru_cache(maxsize=None)
 def _reason(status: int) -> bytes:
     try:
         return HTTPStatus(status).phrase.encode()
