@@ -133,10 +133,7 @@ def check(path: str | None) -> int:
 
 
 def serve(path: str | None, host: str | None, port: int | None) -> int:
-    import anyio
-
     from llmrouter import config, errors
-    from llmrouter.app import App
 
     cfg = _load(path)
     if cfg is None:
@@ -147,7 +144,11 @@ def serve(path: str | None, host: str | None, port: int | None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
+    # Imported only now: a broken config is reported without loading the server.
+    import anyio
+
     from llmrouter import router
+    from llmrouter.app import App
 
     log = logging.getLogger("llmrouter")
     for warning in (*cfg.warnings, *router.check_rules(cfg)):
