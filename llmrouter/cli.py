@@ -144,6 +144,16 @@ def serve(path: str | None, host: str | None, port: int | None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
+    if cfg.logging.enabled:
+        from llmrouter import reqlog
+
+        # A log path that cannot be written is a config error, found before
+        # binding; a log that fails later only warns (requests go on).
+        problem = reqlog.check_writable(cfg.logging.path)
+        if problem:
+            print(f"{cfg.source}: logging.path: {problem}", file=sys.stderr)
+            print("llmrouter: the configuration has 1 problem(s); nothing was started", file=sys.stderr)
+            return 2
     # Imported only now: a broken config is reported without loading the server.
     import anyio
 

@@ -68,6 +68,15 @@ class RequestLog:
                 log.warning("cannot write request log %s: %s (%d lines lost so far)", self.path, exc, self.lost)
 
 
+def check_writable(path: str) -> str | None:
+    """None if the log can be opened for appending, else why not."""
+    try:
+        os.close(_open_for_append(path))
+    except OSError as exc:
+        return f"cannot open {path!r} for appending: {exc.strerror or exc}"
+    return None
+
+
 def _open_for_append(path: str) -> int:
     """Opens the log; a last line cut short by a hard kill gets its newline,
     so the next record starts on a line of its own."""
