@@ -62,7 +62,10 @@ class ChunkReader:
                 try:
                     while True:
                         chunk = await stream.read()
-                        await self._send.send(chunk)
+                        try:  # the pipeline is usually waiting: hand over without a trip through the loop
+                            self._send.send_nowait(chunk)
+                        except anyio.WouldBlock:
+                            await self._send.send(chunk)  # one chunk ahead already: wait (backpressure)
                         if not chunk:
                             return
                 except errors.UpstreamError as exc:
