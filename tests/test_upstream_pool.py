@@ -455,7 +455,7 @@ def self_signed(tmp_path):  # type: ignore[no-untyped-def]
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=127.0.0.1"],
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True,
     )
     return cert, key
@@ -488,5 +488,35 @@ async def test_https_upstreams_speak_tls_and_verify_the_certificate(self_signed)
             await upstreams.open(prov, CALL)
         assert "certificate" in str(caught.value).lower()
         assert upstreams.pool_stats("tls")["open"] == 0
+        await upstreams.aclose()
+        tg.cancel_scope.cancel()
+
+
+async def test_https_round_trip_reuses_the_tls_connection(self_signed, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With the test certificate trusted, requests go through TLS and the
+    second one reuses the first one's connection."""
+    import ssl
+
+    import httpcore._async.connection as httpcore_connection
+    from anyio.streams.tls import TLSListener
+
+    cert, key = self_signed
+    trusting = ssl.create_default_context(cafile=str(cert))
+    monkeypatch.setattr(httpcore_connection, "default_ssl_context", lambda: trusting)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    server = ScriptedServer()
+
+    async with anyio.create_task_group() as tg:
+        tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = tcp.extra(SocketAttribute.local_port)
+        tg.start_soon(TLSListener(tcp, server_context, standard_compatible=False).serve, server.connection)
+        prov = Provider(name="tls", format="openai", base_url=f"https://127.0.0.1:{port}/v1")
+        upstreams = Upstreams((prov,))
+        assert await fetch(upstreams, prov) == OK_BODY
+        assert await fetch(upstreams, prov) == OK_BODY
+        assert server.accepted == 1
+        assert [body for _, body in server.requests] == [CALL.body, CALL.body]
+        assert upstreams.pool_stats("tls") == {"open": 1, "idle": 1, "opened": 1}
         await upstreams.aclose()
         tg.cancel_scope.cancel()
