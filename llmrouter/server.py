@@ -253,9 +253,6 @@ class Connection:
     async def read_body(self, event: h11.Request) -> HTTPRequest | None:
         limits = self.limits
         self.head_request = event.method == b"HEAD"
-        if not event.http_version.startswith(b"1."):  # h11 parses any d.d (e.g. the HTTP/2 preface)
-            await self.refuse(ProtocolFailure(505, f"HTTP/{event.http_version.decode()} is not supported; use HTTP/1.1"))
-            return None
         target = event.target.decode("latin-1")
         path, _, query = target.partition("?")
         headers: dict[str, str] = {}
@@ -267,6 +264,11 @@ class Connection:
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         if size > limits.max_header_bytes:
             await self.refuse(ProtocolFailure(431, f"request headers larger than {limits.max_header_bytes} bytes", path))
+            return None
+        # After the size check, which h11 makes too while a head is incomplete:
+        # the same head gets the same answer however it was split.
+        if not event.http_version.startswith(b"1."):  # h11 parses any d.d (e.g. the HTTP/2 preface)
+            await self.refuse(ProtocolFailure(505, f"HTTP/{event.http_version.decode()} is not supported; use HTTP/1.1"))
             return None
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
