@@ -153,7 +153,6 @@ REQUIRED = {
     "routed": {"id": int, "ts_ms": int, "provider": str, "model": str},
     "complete": {"id": int, "ts_ms": int, "requested_model": str, "sent_model": str, "duration_ms": int, "tags": list, "plugins": list, "messages": list},
     "dropped": {"count": int},
-    "breaker": {"ts_ms": int, "provider": str, "state": str},
 }
 
 
