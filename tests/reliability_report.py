@@ -49,3 +49,19 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
     return ordered[rank]
+
+
+def markdown() -> str:
+    """The figures as a markdown table (for docs/reliability.md):
+    `python tests/reliability_report.py`."""
+    figures = json.loads(PATH.read_text())
+    rows = ["| figure | value | bound | details |", "|---|---|---|---|"]
+    for key, entry in figures.items():
+        value = f"{entry['value']} {entry.get('unit', '')}".strip()
+        details = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("value", "unit", "bound", "test", "measured_at"))
+        rows.append(f"| `{key}` | {value} | {entry.get('bound', '')} | {details} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown())

@@ -49,6 +49,7 @@ MODES: dict[str, dict[bool, tuple]] = {
     "s500": {False: ("fallback", 500, "upstream_status_error"), True: ("fallback", 500, "upstream_status_error")},
     "s502": {False: ("fallback", 502, "upstream_status_error"), True: ("fallback", 502, "upstream_status_error")},
     "s503": {False: ("fallback", 503, "upstream_status_error"), True: ("fallback", 503, "upstream_status_error")},
+    "redirect": {False: ("status", 502, "upstream_protocol_error"), True: ("status", 502, "upstream_protocol_error")},
     "reset_after_head": {False: ("status", 502, "upstream_protocol_error"), True: ("status", 502, "upstream_protocol_error")},
     "hang_after_head": {False: ("fallback", 504, "upstream_timeout"), True: ("fallback", 504, "upstream_timeout")},
     "invalid_json": {False: ("status", 502, "upstream_protocol_error"), True: ("status", 502, "upstream_protocol_error")},
@@ -88,6 +89,8 @@ def chaos_reply(request: RecordedRequest) -> Reply:
     if mode.startswith("s") and mode[1:].isdigit():
         status = int(mode[1:])
         return Reply.error(status, f"chaos status {status}", retry_after=7 if status == 429 else None)
+    if mode == "redirect":  # never followed, never passed on
+        return Reply.raw(302, [("location", "http://127.0.0.2:9/steal"), ("content-length", "0")])
     if mode == "reset_after_head":
         # The pause lets the head arrive whole before the reset.
         return Reply.raw(200, SSE_HEAD if request.stream else JSON_HEAD, [Delay(0.05), Close(reset=True)])
