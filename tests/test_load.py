@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import signal
 import socket
@@ -115,6 +116,12 @@ def stalled_subscriber(port: int) -> socket.socket:
     return sock
 
 
+def router_cpu(router: RouterProcess) -> float:
+    """User + system CPU seconds the router process has used."""
+    fields = open(f"/proc/{router.pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def subscribers(router: RouterProcess) -> int:
     with httpcore.ConnectionPool() as pool:
         return json.loads(pool.request("GET", router.url + "/health?verbose").content)["events"]["subscribers"]
@@ -181,7 +188,9 @@ def test_load_with_faults_and_stalled_subscribers(tmp_path, soak):
                 await asyncio.gather(*readers)
                 return counts
 
+            cpu_before = router_cpu(router)
             counts = asyncio.run(main())
+            cpu_seconds = router_cpu(router) - cpu_before
             assert not problems, "\n".join(problems[:20]) + f"\n({len(problems)} of {len(sent)})"
             assert cut_off_at, f"the stalled subscribers were never cut off ({len(sent)} requests, {subscribers(router)} subscribers)"
             assert all(c["complete"] == len(sent) and c["dropped"] == 0 and not c.get("closed") for c in counts), counts[:3]
@@ -219,7 +228,8 @@ def test_load_with_faults_and_stalled_subscribers(tmp_path, soak):
     record("load.requests", len(sent), unit="requests", clients=64, seconds=duration,
            rps=round(len(sent) / duration, 1), wrong_outcomes=0, log_lines=len(lines), invalid_log_lines=0,
            modes={m: list(sent.values()).count(m) for m in PROFILE},
-           ttfb_ok_p50_ms=round(percentile(ttfb, 50) * 1000, 1), ttfb_ok_p99_ms=round(percentile(ttfb, 99) * 1000, 1))
+           ttfb_ok_p50_ms=round(percentile(ttfb, 50) * 1000, 1), ttfb_ok_p99_ms=round(percentile(ttfb, 99) * 1000, 1),
+           router_cpu_s=round(cpu_seconds, 1), router_cpu_ms_per_request=round(cpu_seconds * 1000 / len(sent), 1))
     record("load.rss_growth_mb", round(growth_mb, 1), unit="MB", bound="< 20", after_warmup_mb=round(warm / 1024, 1),
            peak_mb=round(max(kb for _, kb in rss) / 1024, 1))
     record("load.fds_after", end_fds - base_fds, bound="0", baseline=base_fds)
