@@ -258,7 +258,8 @@ class _Pool:
         self.port = url.port or (443 if self.tls else 80)
         self.origin = httpcore.Origin(url.scheme, url.host, self.port)
         self.prefix = url.target.rstrip(b"/")
-        self.host_header = url.host if url.port is None else b"%b:%d" % (url.host, url.port)
+        host = b"[%b]" % url.host if b":" in url.host else url.host  # an IPv6 literal keeps its brackets
+        self.host_header = host if url.port is None else b"%b:%d" % (host, url.port)
         self.size = provider.max_connections
         self.connect_timeout = provider.connect_timeout
         self.idle: list[_Conn] = []

@@ -75,8 +75,8 @@ class ScriptedServer:
         self.closed_by_client: list[int] = []
         self.first_reads: list[bytes] = []  # the first bytes received on each connection
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async def serve(self, host: str = "127.0.0.1", *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        listener = await anyio.create_tcp_listener(local_host=host)
         async with listener:
             task_status.started(listener.extra(SocketAttribute.local_port))
             await listener.serve(self.connection)
@@ -157,6 +157,24 @@ async def test_request_line_and_headers_reach_the_upstream() -> None:
         assert b"\r\ncontent-type: application/json\r\n" in head
         # Head and body leave in one write (the pool holds writes until the read).
         assert first.endswith(CALL.body)
+        await upstreams.aclose()
+        tg.cancel_scope.cancel()
+
+
+async def test_ipv6_literal_upstream() -> None:
+    """http://[::1]:port/v1 connects over IPv6 and sends the bracketed Host."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    server = ScriptedServer()
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(server.serve, "::1")
+        prov = Provider(name="v6", format="openai", base_url=f"http://[::1]:{port}/v1")
+        upstreams = Upstreams((prov,))
+        assert await fetch(upstreams, prov) == OK_BODY
+        assert b"\r\nhost: [::1]:%d\r\n" % port in server.first_reads[0].lower()
         await upstreams.aclose()
         tg.cancel_scope.cancel()
 
