@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from llmrouter import errors, events
+from llmrouter import canonical, errors, events
 from llmrouter.commands import (
     AbortResponse,
     CloseUpstream,
@@ -115,9 +115,9 @@ class Driver:
         try:
             await _Run(self, pipeline, writer).loop()
         except errors.ClientGone:
-            _mark_disconnected(rec)
+            _mark_disconnected(ex)
         except anyio.get_cancelled_exc_class():
-            _mark_disconnected(rec)
+            _mark_disconnected(ex)
             raise
         except Exception:
             log.exception("request %s failed: bug in the router", ex.request_id)
@@ -146,7 +146,14 @@ async def _read_error_body(stream: UpstreamStream) -> bytes:
     return bytes(body[:ERROR_BODY_LIMIT])
 
 
-def _mark_disconnected(rec: events.Record) -> None:
+def _mark_disconnected(ex: Exchange) -> None:
+    rec, collector = ex.record, ex.collector
+    if rec.error is None and ex.response_started and collector is not None and collector.stop_reason is not None:
+        # The client hung up after the reply was complete (say, right after
+        # `[DONE]`, before the terminating chunk): that is a success.
+        reply = collector.response()
+        rec.response, rec.usage, rec.status = canonical.response_to_json(reply), reply.usage.to_json(), 200
+        return
     rec.error = rec.error or "client disconnected"
     rec.error_code = rec.error_code or "client_disconnected"
     rec.status = rec.status or 499
