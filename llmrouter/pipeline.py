@@ -381,7 +381,12 @@ def _router_headers(ex: Exchange, rec: events.Record) -> list[tuple[str, str]]:
 
 
 def _header_safe(value: str) -> str:
-    return value.encode("ascii", "backslashreplace").decode("ascii").replace("\r", " ").replace("\n", " ")
+    # Control characters are no more allowed in a header value than CR/LF:
+    # h11 refuses the whole response (a 500) for a model name with a \x0b.
+    return value.encode("ascii", "backslashreplace").decode("ascii").translate(_CONTROLS)
+
+
+_CONTROLS = {c: " " for c in (*range(0x20), 0x7F)}
 
 
 def _usage_only(frame: formats.Frame) -> bool:
