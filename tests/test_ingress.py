@@ -371,7 +371,7 @@ def test_generated_inputs(world, error_log, soak):
     Inputs are drawn with hypothesis first and then sent concurrently: a
     failure names the input (repr) to add to the corpus."""
     router, fake = world
-    inputs = generate(24_000 if soak else 2_700, derandomize=not soak)
+    inputs = generate(30_000 if soak else 2_700, derandomize=not soak)
     assert len(inputs) >= (20_000 if soak else 2_000)
     stats: Counter = Counter()
     started = time.monotonic()

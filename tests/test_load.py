@@ -64,7 +64,9 @@ def load_config(url: str, log: str) -> str:
         # after 5 failures in a row would change the expected outcomes.
         "[server]\nport = 0\nbreaker_failures = 100000\n"
         f'[logging]\nenabled = true\npath = "{log}"\n'
-        + provider_config(url, name="up", extra="idle_timeout = 0.5\n")
+        # 2 s: long enough that a starved fake (it shares the test process with
+        # the clients and readers) is not taken for a stalled upstream.
+        + provider_config(url, name="up", extra="idle_timeout = 2\n")
         + '[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "up"\n'
     )
 
@@ -76,7 +78,7 @@ def check(mode: str, reply) -> str | None:
     if reply.status != status:
         return f"{mode}: status {reply.status} {reply.body[:200]!r}"
     if mode in ("ok", "json") and not reply.complete:
-        return f"{mode}: incomplete"
+        return f"{mode}: incomplete: {reply.body[-300:]!r}"
     if mode == "ok" and not reply.body.rstrip().endswith(b"data: [DONE]"):
         return f"ok: no [DONE]: {reply.body[-200:]!r}"
     if mode in ("cut", "stall"):
