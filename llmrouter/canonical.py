@@ -86,6 +86,16 @@ class Usage:
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
 
+    def merge(self, other: Usage) -> None:
+        """Providers report usage in pieces (Anthropic: input at the start,
+        output at the end); a later non-zero figure wins."""
+        self.input_tokens = other.input_tokens or self.input_tokens
+        self.output_tokens = other.output_tokens or self.output_tokens
+        if other.cache_read_tokens is not None:
+            self.cache_read_tokens = other.cache_read_tokens
+        if other.cache_write_tokens is not None:
+            self.cache_write_tokens = other.cache_write_tokens
+
     def to_json(self) -> dict[str, int]:
         out = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
         if self.cache_read_tokens is not None:
@@ -248,27 +258,17 @@ class ResponseCollector:
             self._close_text()
             self.parts.append(event.part)
         elif isinstance(event, UsageUpdate):
-            self.merge_usage(event.usage)
+            self.usage.merge(event.usage)
         elif isinstance(event, MessageStart):
             self.id = event.id or self.id
             self.model = event.model or self.model
             if event.usage:
-                self.merge_usage(event.usage)
+                self.usage.merge(event.usage)
         elif isinstance(event, Stop):
             self.stop_reason = event.stop_reason
             self.stop_sequence = event.stop_sequence
         elif isinstance(event, StreamError):
             self.error = event
-
-    def merge_usage(self, usage: Usage) -> None:
-        # Providers report usage in pieces (Anthropic: input at start, output at
-        # the end); a later non-zero figure wins.
-        self.usage.input_tokens = usage.input_tokens or self.usage.input_tokens
-        self.usage.output_tokens = usage.output_tokens or self.usage.output_tokens
-        if usage.cache_read_tokens is not None:
-            self.usage.cache_read_tokens = usage.cache_read_tokens
-        if usage.cache_write_tokens is not None:
-            self.usage.cache_write_tokens = usage.cache_write_tokens
 
     def _close_text(self) -> None:
         if self._pieces:

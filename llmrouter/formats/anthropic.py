@@ -456,7 +456,7 @@ class Encoder:
                 return out
             return out + self._open(event.part.data, ("opaque", -1)) + self._close()
         if isinstance(event, c.UsageUpdate):
-            _merge_usage(self.usage, event.usage)
+            self.usage.merge(event.usage)
             return out
         if isinstance(event, c.Stop):
             self.stop = event
@@ -483,15 +483,6 @@ class Encoder:
 
     def ping(self) -> bytes:
         return b"" if self.done else _PING
-
-
-def _merge_usage(into: c.Usage, usage: c.Usage) -> None:
-    into.input_tokens = usage.input_tokens or into.input_tokens
-    into.output_tokens = usage.output_tokens or into.output_tokens
-    if usage.cache_read_tokens is not None:
-        into.cache_read_tokens = usage.cache_read_tokens
-    if usage.cache_write_tokens is not None:
-        into.cache_write_tokens = usage.cache_write_tokens
 
 
 # --- upstream side: requests ------------------------------------------------------

@@ -394,7 +394,7 @@ class Encoder:
         if not self._head:  # the role chunk goes first, whatever the first event is
             if isinstance(event, c.MessageStart):
                 if event.usage:  # Anthropic reports input tokens only here
-                    merge_usage(self._usage, event.usage)
+                    self._usage.merge(event.usage)
                 return self._start(event.id, event.model)
             return self._start() + self.encode(event)
         if isinstance(event, c.TextDelta):
@@ -414,7 +414,7 @@ class Encoder:
             }
             return self._chunk({"tool_calls": [call]})
         if isinstance(event, c.UsageUpdate):
-            merge_usage(self._usage, event.usage)
+            self._usage.merge(event.usage)
             return b""
         if isinstance(event, c.Stop):
             if self._stopped:
@@ -440,15 +440,6 @@ class Encoder:
 
     def ping(self) -> bytes:
         return b": ping\n\n"
-
-
-def merge_usage(into: c.Usage, usage: c.Usage) -> None:
-    into.input_tokens = usage.input_tokens or into.input_tokens
-    into.output_tokens = usage.output_tokens or into.output_tokens
-    if usage.cache_read_tokens is not None:
-        into.cache_read_tokens = usage.cache_read_tokens
-    if usage.cache_write_tokens is not None:
-        into.cache_write_tokens = usage.cache_write_tokens
 
 
 # --- upstream side: requests -------------------------------------------------------

@@ -21,7 +21,6 @@ from llmrouter.formats.openai import (
     dumps,
     error_body,
     image_from_url,
-    merge_usage,
     new_id,
     object_at,
     parse_plugins,
@@ -337,7 +336,7 @@ class Encoder:
         if not self._started:
             if isinstance(event, c.MessageStart):
                 if event.usage:  # Anthropic reports input tokens only here
-                    merge_usage(self._usage, event.usage)
+                    self._usage.merge(event.usage)
                 return self._start(event.model)
             return self._start() + self.encode(event)
         if self._ended:
@@ -362,7 +361,7 @@ class Encoder:
             self._calls[event.index] = index
             return out + self._emit("response.output_item.added", {"output_index": index, "item": dict(item)})
         if isinstance(event, c.UsageUpdate):
-            merge_usage(self._usage, event.usage)
+            self._usage.merge(event.usage)
             return b""
         if isinstance(event, c.Stop):
             self._stop = self._stop or event.stop_reason
