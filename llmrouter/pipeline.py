@@ -381,9 +381,10 @@ def _router_headers(ex: Exchange, rec: events.Record) -> list[tuple[str, str]]:
 
 
 def _header_safe(value: str) -> str:
-    # Control characters are no more allowed in a header value than CR/LF:
-    # h11 refuses the whole response (a 500) for a model name with a \x0b.
-    return value.encode("ascii", "backslashreplace").decode("ascii").translate(_CONTROLS)
+    # Control characters are no more allowed in a header value than CR/LF,
+    # nor are leading or trailing spaces: h11 refuses the whole response (a
+    # 500) for a model name like "m\x0b" or " m".
+    return value.encode("ascii", "backslashreplace").decode("ascii").translate(_CONTROLS).strip()
 
 
 _CONTROLS = {c: " " for c in (*range(0x20), 0x7F)}
