@@ -137,7 +137,8 @@ class App:
         started = time.monotonic()
         number = next(self._ids)
         request_id = request.headers.get("x-request-id", "")
-        if not request_id or len(request_id) > 128 or not request_id.isprintable():
+        # It goes back in a response header: printable ASCII only (h11 cannot send more).
+        if not request_id or len(request_id) > 128 or not (request_id.isascii() and request_id.isprintable()):
             request_id = uuid.uuid4().hex
         ex = Exchange(
             id=number,
