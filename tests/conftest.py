@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 
@@ -19,6 +21,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "soak: long reliability tier, run only with --soak")
+    if config.getoption("--soak"):
+        os.environ["RELIABILITY_TIER"] = "soak"  # its figures go to reports/reliability-soak.json
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

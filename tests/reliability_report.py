@@ -7,7 +7,8 @@ Each test that asserts a reliability goal also records what it measured:
 
 Records are merged into the file by key as they are made (a partial run
 updates only its own figures), so docs/reliability.md can quote the latest
-run of every figure. The file is gitignored.
+run of every figure. A `--soak` run writes reports/reliability-soak.json
+instead (tests/conftest.py sets RELIABILITY_TIER). The files are gitignored.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-PATH = Path(__file__).resolve().parent.parent / "reports" / "reliability.json"
+REPORTS = Path(__file__).resolve().parent.parent / "reports"
+PATH = REPORTS / "reliability.json"
+SOAK_PATH = REPORTS / "reliability-soak.json"
+
+
+def _path() -> Path:
+    return SOAK_PATH if os.environ.get("RELIABILITY_TIER") == "soak" else PATH
 
 
 def record(key: str, value: Any, *, unit: str = "", bound: str | None = None, **extra: Any) -> None:
@@ -31,15 +38,16 @@ def record(key: str, value: Any, *, unit: str = "", bound: str | None = None, **
     entry.update(extra)
     entry["test"] = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
     entry["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    PATH.parent.mkdir(parents=True, exist_ok=True)
+    path = _path()
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        figures = json.loads(PATH.read_text())
+        figures = json.loads(path.read_text())
     except (OSError, ValueError):
         figures = {}
     figures[key] = entry
-    tmp = PATH.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(dict(sorted(figures.items())), indent=2) + "\n")
-    tmp.replace(PATH)
+    tmp.replace(path)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -51,10 +59,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank]
 
 
-def markdown() -> str:
+def markdown(path: Path = PATH) -> str:
     """The figures as a markdown table (for docs/reliability.md):
-    `python tests/reliability_report.py`."""
-    figures = json.loads(PATH.read_text())
+    `python tests/reliability_report.py [reports/reliability-soak.json]`."""
+    figures = json.loads(path.read_text())
     rows = ["| figure | value | bound | details |", "|---|---|---|---|"]
     for key, entry in figures.items():
         value = f"{entry['value']} {entry.get('unit', '')}".strip()
@@ -64,4 +72,6 @@ def markdown() -> str:
 
 
 if __name__ == "__main__":
-    print(markdown())
+    import sys
+
+    print(markdown(Path(sys.argv[1]) if len(sys.argv) > 1 else PATH))

@@ -186,6 +186,7 @@ CORPUS: list[tuple[str, bytes, set]] = [
     ("json-invalid-utf8", post(body=CHAT.replace(b"hi", b"h\xff")), {400}),
     ("json-lone-surrogate", post(body=CHAT.replace(b"hi", b"\\ud800")), {200}),
     ("messages-endpoint-invalid", post(b"/v1/messages", b"{nope"), {400}),
+    ("request-id-8bit", post(extra=b"x-request-id: \xfda=\r\n"), {200}),  # echoed in a header: replaced (found by the soak fuzz)
     ("anthropic-beta-ctl", post(b"/v1/messages", b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}',
                                 extra=b"anthropic-beta: a\x07b\r\n"), {200, 400}),
     # pipelining and smuggling
@@ -239,11 +240,13 @@ def run_all(router, inputs: list[bytes], stats: Counter | None = None) -> list[d
     index = {id(data): i for i, data in enumerate(inputs)}
     for (data, c), result in zip(fast + slow, results):
         by_input[index[id(data)]][c] = result
-    # A 408 in one chunking only may be the load, not the router: a probe that
-    # took too long to send its bytes. Such inputs are sent again, one at a time.
+    # A 408 (or a close without an answer) in one chunking only may be the
+    # load, not the router: a probe too slow to send its bytes, a connection
+    # lost to tens of thousands of TIME_WAIT sockets in the soak tier. Such
+    # inputs are sent again, one at a time; a real disagreement stays.
     for i, data in enumerate(inputs):
         got = by_input[i]
-        if len({p.outcome for p in got.values()}) > 1 and any(p.status == 408 for p in got.values()):
+        if len({p.outcome for p in got.values()}) > 1 and any(p.status == 408 or p.outcome == "close" for p in got.values()):
             if stats is not None:
                 stats["resent"] += 1
             for c in CHUNKINGS:
@@ -384,7 +387,7 @@ def test_generated_inputs(world, error_log, soak):
     assert raw_http(router.port, get(extra=b"connection: close\r\n")).endswith(b"ok")
     outcomes = Counter(r["whole"].outcome if r["whole"].status is None else str(r["whole"].status) for r in results)
     record("http.generated_inputs", len(inputs), unit="inputs", sends=len(inputs) * 3, crashes=0, status_500=0,
-           chunking_disagreements=0, resent_after_408=stats["resent"], errors_logged=0,
+           chunking_disagreements=0, resent_one_at_a_time=stats["resent"], errors_logged=0,
            seconds=round(time.monotonic() - started, 1), outcomes=dict(outcomes.most_common()))
 
 
