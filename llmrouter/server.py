@@ -120,6 +120,8 @@ class Connection:
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         self.closed = False
         self.head_request = False  # h11 refuses a body in the answer to HEAD
+        self.fed = 0  # bytes given to h11, to size a head it refused
+        self.in_body = False
         self._tasks: anyio.abc.TaskGroup | None = None  # holds this connection's reader task
         self._reader_started = False
         self._read_wanted = anyio.Event()  # set: the reader should do one read
@@ -177,6 +179,7 @@ class Connection:
         else:
             data = await self._read()
         self.h11.receive_data(data)
+        self.fed += len(data)
         return bool(data)
 
     async def run(self) -> None:
@@ -214,7 +217,8 @@ class Connection:
 
     async def read_request(self) -> HTTPRequest | None:
         limits = self.limits
-        self.head_request = False
+        self.head_request = self.in_body = False
+        fed_before_head = self.fed - len(self.h11.trailing_data[0])
         first_byte_at: float | None = None
         idle_deadline = anyio.current_time() + limits.keepalive_timeout
         try:
@@ -245,7 +249,11 @@ class Connection:
                 return None
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
-            if status == 431 or "too long" in str(exc).lower():
+            # h11 sizes a head only while it is incomplete; a complete one that
+            # is too big gets 431 whatever else is wrong with it, as it would
+            # have had it arrived in pieces.
+            head = self.fed - fed_before_head - len(self.h11.trailing_data[0])
+            if status == 431 or "too long" in str(exc).lower() or (not self.in_body and head > limits.max_header_bytes):
                 status = 431
             await self.refuse(ProtocolFailure(status, f"malformed HTTP request: {exc}"))
             return None
@@ -253,6 +261,7 @@ class Connection:
     async def read_body(self, event: h11.Request) -> HTTPRequest | None:
         limits = self.limits
         self.head_request = event.method == b"HEAD"
+        self.in_body = True
         target = event.target.decode("latin-1")
         path, _, query = target.partition("?")
         headers: dict[str, str] = {}
@@ -358,6 +367,7 @@ class Connection:
             assert done is not None
             if data:
                 self.h11.receive_data(data)
+                self.fed += len(data)
             else:
                 self._ahead_eof = True
                 if self._handler_scope is not None:  # the client left while its response was produced
