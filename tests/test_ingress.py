@@ -98,6 +98,7 @@ CORPUS: list[tuple[str, bytes, set]] = [
     ("http-1.0-no-host", b"GET /health HTTP/1.0\r\n\r\n", {200}),
     ("http-1.2", get(version=b"HTTP/1.2"), {200, 400, 505}),
     ("head-http-2.0", b"HEAD /health HTTP/2.0\r\nhost: t\r\n\r\n", {505}),  # a refusal to HEAD has no body
+    ("oversized-bad-te", post(extra=b"transfer-encoding: ch" + b"a" * HEADER_LIMIT + b"\r\n"), {431}),  # found by the soak fuzz
     ("long-method-http-2.0", b"HEAD" + b"a" * HEADER_LIMIT + b" /health HTTP/2.0\r\nhost: t\r\n\r\n", {431}),  # found by the fuzz
     ("head-headers-over", b"HEAD /health HTTP/1.1\r\nhost: t\r\nx-pad: " + b"a" * HEADER_LIMIT + b"\r\n\r\n", {431}),
     ("http-2.0", get(version=b"HTTP/2.0"), {505}),
