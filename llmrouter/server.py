@@ -1,14 +1,17 @@
-"""The HTTP/1.1 server: anyio sockets and h11. The only module that imports h11.
+"""The HTTP/1.1 server: h11 over wires (asyncio transports, `wire.py`), run
+by anyio tasks. The only module that imports h11.
 
 One task per connection runs h11's request/response cycle: keep-alive,
 pipelined requests in order, `Expect: 100-continue`, limits on header size,
-body size and slow clients, and a watcher that notices a client hanging up
-while its response is being produced. Each connection is an exception
-firewall: nothing that happens on one connection can stop the listener.
+body size and slow clients. While a response is produced, the wire keeps
+reading: pipelined bytes wait in its buffer, and EOF means the client hung up
+(the handler is cancelled). Each connection is an exception firewall: nothing
+that happens on one connection can stop the listener.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -20,14 +23,14 @@ from http import HTTPStatus
 import anyio
 import anyio.abc
 import h11
-from anyio.abc import SocketAttribute
 
 from llmrouter import errors
 from llmrouter.config import ServerConfig
+from llmrouter.wire import Wire
 
 log = logging.getLogger("llmrouter.server")
 
-READ_SIZE = 65536
+LISTEN_BACKLOG = 1024  # also how many connections asyncio accepts per wakeup
 SERVER_HEADER = ("server", "llmrouter")
 
 
@@ -95,13 +98,16 @@ class ResponseWriter:
 
     async def abort(self) -> None:
         self.finished = True
-        await self._conn.close_abruptly()
+        self._conn.close_abruptly()
 
     def limit_send_buffer(self, size: int) -> None:
-        """Caps the kernel's send buffer of this connection (for long-lived
-        event feeds): writes to a reader that stopped reading then block
-        after `size` bytes instead of after megabytes of autotuned buffer."""
-        sock = self._conn.stream.extra(SocketAttribute.raw_socket, None)
+        """Caps this connection's send buffers, the kernel's and the
+        transport's (for long-lived event feeds): writes to a reader that
+        stopped reading then block after about `size` bytes instead of after
+        megabytes of autotuned buffer."""
+        wire = self._conn.wire
+        wire.limit_write_buffer(size)
+        sock = wire.extra("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
@@ -113,26 +119,18 @@ class ResponseWriter:
 
 
 class Connection:
-    def __init__(self, server: "Server", stream: anyio.abc.SocketStream) -> None:
+    def __init__(self, server: "Server", wire: Wire) -> None:
         self.server = server
-        self.stream = stream
+        self.wire = wire
         self.limits = server.limits
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         self.closed = False
         self.head_request = False  # h11 refuses a body in the answer to HEAD
         self.fed = 0  # bytes given to h11, to size a head it refused
         self.in_body = False
-        self._tasks: anyio.abc.TaskGroup | None = None  # holds this connection's reader task
-        self._reader_started = False
-        self._read_wanted = anyio.Event()  # set: the reader should do one read
-        self._ahead: anyio.Event | None = None  # a read-ahead in flight, or done and not yet taken
-        self._ahead_eof = False
         self._handler_scope: anyio.CancelScope | None = None
-        try:
-            host, port = stream.extra(SocketAttribute.remote_address)[:2]
-            self.client = f"{host}:{port}"
-        except Exception:
-            self.client = "?"
+        peer = wire.extra("peername")
+        self.client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
 
     async def send(self, event: h11.Event) -> None:
         await self.write(self.serialize(event))
@@ -148,8 +146,8 @@ class Connection:
         if not data:
             return
         try:
-            await self.stream.send(data)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            await self.wire.write(data)
+        except ConnectionError as exc:
             self.h11.send_failed()
             self.closed = True
             raise errors.ClientGone() from exc
@@ -157,40 +155,28 @@ class Connection:
             self.h11.send_failed()
             raise
 
-    async def close_abruptly(self) -> None:
+    def close_abruptly(self) -> None:
         self.closed = True
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await self.stream.aclose()
+        self.wire.close()
 
     async def _read(self) -> bytes:
         try:
-            return await self.stream.receive(READ_SIZE)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return await self.wire.read()
+        except ConnectionError:
             return b""
 
     async def receive(self) -> bool:
         """Feeds h11 the next bytes; False at EOF or a broken connection."""
-        if self._ahead is not None:  # the read-ahead started during the last response
-            await self._ahead.wait()
-            self._ahead = None
-            if not self._ahead_eof:
-                return True  # it already fed h11
-            data = b""
-        else:
-            data = await self._read()
+        data = await self._read()
         self.h11.receive_data(data)
         self.fed += len(data)
         return bool(data)
 
     async def run(self) -> None:
         try:
-            async with anyio.create_task_group() as self._tasks:
-                try:
-                    while not self.closed:
-                        if not await self.one_cycle():
-                            break
-                finally:
-                    self._tasks.cancel_scope.cancel()  # a read-ahead still waiting
+            while not self.closed:
+                if not await self.one_cycle():
+                    break
         finally:
             await self.close_gracefully()
 
@@ -315,11 +301,13 @@ class Connection:
         return HTTPRequest(event.method.decode("ascii", "replace"), target, path, query, headers, bytes(body), self.client)
 
     async def run_handler(self, request: HTTPRequest, writer: ResponseWriter) -> None:
-        """Runs the handler while watching for the client to hang up."""
+        """Runs the handler; a client that hangs up meanwhile cancels it."""
         with anyio.CancelScope() as scope:
             self._handler_scope = scope
+            self.wire.on_eof = self._client_left
+            if self.wire.at_eof:
+                self._client_left()
             try:
-                self.watch()
                 await self.server.handler(request, writer)
             except errors.ClientGone:
                 pass
@@ -329,53 +317,19 @@ class Connection:
                     with contextlib.suppress(errors.ClientGone):
                         await self.refuse(ProtocolFailure(500, "internal error in the router", request.path), writer)
                 else:
-                    await self.close_abruptly()
+                    self.close_abruptly()
             finally:
                 self._handler_scope = None
+                self.wire.on_eof = None
         if scope.cancelled_caught and not writer.finished:
-            await self.close_abruptly()  # the read-ahead saw the client leave
+            self.close_abruptly()
 
-    def watch(self) -> None:
-        """Starts a read-ahead while a response is produced: EOF means the
-        client is gone (the handler is cancelled); bytes are a pipelined
-        request, fed to h11 for later. The read-ahead outlives the response
-        and serves as the next request's first read (`receive`), so nothing
-        has to be cancelled when the response ends. One reader task per
-        connection does these reads: a task group, a task and a cancel per
-        request cost more than the rest of the server's work on a small
-        request (docs/performance.md)."""
-        if self._ahead is not None and self._ahead.is_set():
-            self._ahead = None  # done during the last response; its bytes are already in h11
-            if self._ahead_eof:
-                self.closed = True
-                assert self._handler_scope is not None
-                self._handler_scope.cancel()
-                return
-        if self._ahead is None and self.h11.their_state is h11.DONE and self._tasks is not None:
-            self._ahead, self._ahead_eof = anyio.Event(), False
-            self._read_wanted.set()
-            if not self._reader_started:
-                self._reader_started = True
-                self._tasks.start_soon(self._reader)
-
-    async def _reader(self) -> None:
-        while True:
-            await self._read_wanted.wait()
-            self._read_wanted = anyio.Event()
-            data = await self._read()
-            done = self._ahead
-            assert done is not None
-            if data:
-                self.h11.receive_data(data)
-                self.fed += len(data)
-            else:
-                self._ahead_eof = True
-                if self._handler_scope is not None:  # the client left while its response was produced
-                    self.closed = True
-                    self._handler_scope.cancel()
-            done.set()
-            if not data:
-                return
+    def _client_left(self) -> None:
+        """EOF while a response is produced: the client is gone (HTTP/1.1
+        clients do not half-close and wait), so the work for it stops."""
+        if self._handler_scope is not None:
+            self.closed = True
+            self._handler_scope.cancel()
 
     async def refuse(self, failure: ProtocolFailure, writer: ResponseWriter | None = None) -> None:
         """Answers a request the server cannot serve, then closes the connection."""
@@ -401,13 +355,12 @@ class Connection:
                     with contextlib.suppress(h11.LocalProtocolError):
                         data = self.h11.send(h11.ConnectionClosed())
                         if data:
-                            await self.stream.send(data)
-                    await self.stream.send_eof()
+                            await self.wire.write(data)
+                    self.wire.write_eof()
                     with anyio.move_on_after(1.0):
-                        while await self.stream.receive(READ_SIZE):
+                        while await self._read():
                             pass
-            with contextlib.suppress(Exception):
-                await self.stream.aclose()
+            self.wire.close()
             self.closed = True
 
 
@@ -420,34 +373,43 @@ class Server:
     in_flight: int = 0
     _idle: dict[Connection, anyio.CancelScope] = field(default_factory=dict)
     _drained: anyio.Event | None = None
-    _accept_scope: anyio.CancelScope | None = None
+    _listening: asyncio.AbstractServer | None = None
+    _stop: anyio.Event | None = None
 
     async def serve(self, host: str, port: int, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listens until `shutdown()`, then drains in-flight requests and returns."""
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
-        bound = listener.extra(SocketAttribute.local_port)
+        loop = asyncio.get_running_loop()
+        self._stop = anyio.Event()
         async with anyio.create_task_group() as connections:
-            with anyio.CancelScope() as self._accept_scope:
-                task_status.started(bound)
-                async with listener:
-                    await listener.serve(self._firewall, task_group=connections)
-            await listener.aclose()
+
+            def accepted(wire: Wire) -> None:
+                connections.start_soon(self._firewall, wire)
+
+            self._listening = await loop.create_server(lambda: Wire(accepted), host, port, backlog=LISTEN_BACKLOG)
+            try:
+                task_status.started(self._listening.sockets[0].getsockname()[1])
+                if not self.closing:
+                    await self._stop.wait()
+            finally:
+                self._listening.close()
             await self._drain()
             connections.cancel_scope.cancel()
 
-    async def _firewall(self, stream: anyio.abc.SocketStream) -> None:
-        conn = Connection(self, stream)
+    async def _firewall(self, wire: Wire) -> None:
+        conn = Connection(self, wire)
         try:
             await conn.run()
         except Exception:
             log.exception("connection %s failed", conn.client)
-            await conn.close_abruptly()
+            conn.close_abruptly()
 
     def shutdown(self) -> None:
         """Stops accepting; idle keep-alive connections close; busy ones finish."""
         self.closing = True
-        if self._accept_scope is not None:
-            self._accept_scope.cancel()
+        if self._listening is not None:
+            self._listening.close()
+        if self._stop is not None:
+            self._stop.set()
         for scope in list(self._idle.values()):
             scope.cancel()
 

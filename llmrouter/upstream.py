@@ -12,7 +12,7 @@ docs/performance.md. httpcore's own connection classes do the HTTP/1.1 work
 (h11 framing, keep-alive state, closing a half-read response); the pool here
 only keeps idle connections in a stack and counts in-flight requests against
 `max_connections`. Plain-HTTP upstreams get an `AsyncHTTP11Connection` over a
-socket wrapper of ours (`_Socket`); HTTPS upstreams get an
+wire (`wire.py`) in a wrapper of ours (`_Socket`); HTTPS upstreams get an
 `AsyncHTTPConnection`, which does the TLS handshake with httpcore's default
 context, over the same wrapper.
 
@@ -30,6 +30,7 @@ Pool rules:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import select
@@ -39,16 +40,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import anyio.abc
 import httpcore
-from anyio.abc import SocketAttribute
 
 from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import UpstreamCall
+from llmrouter.wire import Wire, connect
 
 KEEPALIVE_EXPIRY = 30.0  # idle upstream connections older than this are closed
-_BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
 # httpcore's exceptions, translated by `_translate`. Callers catch these in a
@@ -77,7 +76,7 @@ def _translate(provider: Provider, exc: Exception) -> errors.UpstreamError:
 
 
 class _Socket(httpcore.AsyncNetworkStream):
-    """An anyio byte stream as httpcore's connections want it.
+    """A wire (`wire.py`) as httpcore's connections want it.
 
     Unlike httpcore's AnyIOStream it holds writes until the next read, so a
     request's head and body leave in one send (one syscall here, one wakeup
@@ -85,8 +84,8 @@ class _Socket(httpcore.AsyncNetworkStream):
     timeout, and counts the bytes that reached the socket (`sent`), which is
     what decides whether a failed request may be retried."""
 
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
-        self._stream = stream
+    def __init__(self, wire: Wire) -> None:
+        self._wire = wire
         self._pending: list[bytes] = []
         self.sent = 0
         # Set by UpstreamStream.read_all for body reads; None otherwise, because
@@ -94,7 +93,6 @@ class _Socket(httpcore.AsyncNetworkStream):
         # (first_byte_timeout around the head, the driver's idle timer around
         # stream chunks) and a cancel scope per read is not free.
         self.read_timeout: float | None = None
-        self._sock = stream.extra(SocketAttribute.raw_socket, None)
         self._poll: Any = None
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
@@ -107,13 +105,9 @@ class _Socket(httpcore.AsyncNetworkStream):
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending.clear()
         try:
-            await self._stream.send(data)
-        except _BROKEN as exc:
-            raise httpcore.WriteError(f"sending the request failed: {exc or type(exc).__name__}") from exc
-        if self._sock is not None and self._sock.fileno() < 0:
-            # asyncio reports a failed write (say, to a connection the upstream
-            # reset) by closing the socket before send() returns: nothing left.
-            raise httpcore.WriteError("the upstream had closed the connection")
+            await self._wire.write(data)
+        except ConnectionError as exc:
+            raise httpcore.WriteError(f"sending the request failed: {exc}") from exc
         self.sent += len(data)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
@@ -122,33 +116,27 @@ class _Socket(httpcore.AsyncNetworkStream):
         timeout = self.read_timeout
         try:
             if timeout is None:
-                return await self._stream.receive(max_bytes)
+                return await self._wire.read()
             with anyio.fail_after(timeout):
-                return await self._stream.receive(max_bytes)
-        except anyio.EndOfStream:
-            return b""
-        except TimeoutError as exc:  # before _BROKEN: TimeoutError is an OSError
+                return await self._wire.read()
+        except TimeoutError as exc:  # before OSError: TimeoutError is one
             raise httpcore.ReadTimeout(f"no data for {timeout:g}s") from exc
-        except _BROKEN as exc:
+        except OSError as exc:
             raise httpcore.ReadError(f"reading the response failed: {exc or type(exc).__name__}") from exc
 
     async def aclose(self) -> None:
         self._pending.clear()
-        with contextlib.suppress(Exception):
-            await self._stream.aclose()
+        self._wire.close()
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None) -> httpcore.AsyncNetworkStream:
-        from anyio.streams.tls import TLSStream
-
+        loop = asyncio.get_running_loop()
         try:
             with anyio.fail_after(timeout):
-                self._stream = await TLSStream.wrap(
-                    self._stream, ssl_context=ssl_context, hostname=server_hostname, standard_compatible=False, server_side=False
-                )
+                self._wire.transport = await loop.start_tls(self._wire.transport, self._wire, ssl_context, server_hostname=server_hostname)
         except TimeoutError as exc:
             await self.aclose()
             raise httpcore.ConnectTimeout("TLS handshake timed out") from exc
-        except (ssl.SSLError, anyio.EndOfStream, *_BROKEN) as exc:
+        except (ssl.SSLError, OSError, ConnectionError) as exc:
             await self.aclose()
             raise httpcore.ConnectError(f"TLS handshake failed: {exc or type(exc).__name__}") from exc
         return self
@@ -156,38 +144,39 @@ class _Socket(httpcore.AsyncNetworkStream):
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":
             return self._readable()
-        if info == "ssl_object":
-            from anyio.streams.tls import TLSAttribute
-
-            return self._stream.extra(TLSAttribute.ssl_object, None)
-        if info == "socket":
-            return self._sock
+        if info in ("ssl_object", "socket"):
+            return self._wire.extra(info)
         if info == "client_addr":
-            return self._stream.extra(SocketAttribute.local_address, None)
+            return self._wire.extra("sockname")
         if info == "server_addr":
-            return self._stream.extra(SocketAttribute.remote_address, None)
+            return self._wire.extra("peername")
         return None
 
     def _readable(self) -> bool:
         """True when a read would not block: on an idle keep-alive connection
-        that means the upstream closed it (or broke protocol)."""
-        if self._sock is None or self._sock.fileno() < 0:
+        that means the upstream closed it (or broke protocol). The wire knows
+        what the event loop has seen; a poll sees what arrived since."""
+        wire = self._wire
+        if wire.at_eof or wire.buffered or wire.transport.is_closing():
+            return True
+        sock = wire.extra("socket")
+        if sock is None or sock.fileno() < 0:
             return True
         if self._poll is None:  # one poll object per socket, not one per check
             self._poll = select.poll()
-            self._poll.register(self._sock.fileno(), select.POLLIN)
+            self._poll.register(sock.fileno(), select.POLLIN)
         return bool(self._poll.poll(0))
 
 
 async def _connect(host: str, port: int, timeout: float | None) -> _Socket:
     try:
         with anyio.fail_after(timeout):
-            stream = await anyio.connect_tcp(host, port)
+            wire = await connect(host, port)
     except TimeoutError as exc:
         raise httpcore.ConnectTimeout(f"connect timed out after {timeout:g}s") from exc
-    except _BROKEN as exc:
+    except OSError as exc:
         raise httpcore.ConnectError(str(exc) or "connection refused") from exc
-    return _Socket(stream)
+    return _Socket(wire)
 
 
 class _TLSBackend(httpcore.AsyncNetworkBackend):

@@ -1,0 +1,162 @@
+"""Byte streams over asyncio transports: the sockets of the server's client
+connections and of the upstream connections.
+
+Why not anyio's SocketStream: on the asyncio backend every `receive()` resumes
+and pauses the transport's reading (two epoll_ctl calls) and every `send()` is
+a checkpoint (one more event-loop iteration) followed by a wait for a drain
+event. Profiled behind the router, a minimal h11 relay on these wires used
+about half the CPU per request that the same relay on anyio streams did
+(docs/performance.md). anyio still runs everything else: the tasks, cancel
+scopes and timeouts. An `await` on a wire waits on a plain asyncio future,
+which anyio's cancellation cancels like any other.
+
+A wire keeps reading while nobody asks (input is buffered, up to
+`READ_HIGH_WATER`; then the transport stops reading, so a fast sender is
+slowed by TCP instead of filling memory), which is what lets the server notice
+a client hanging up while its response is produced (`on_eof`) without a reader
+task. Writes go straight to the transport; they wait only while the transport's
+send buffer is above its high-water mark, so a slow reader slows the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+READ_HIGH_WATER = 256 * 1024
+
+
+class Wire(asyncio.Protocol):
+    def __init__(self, on_connect: Callable[["Wire"], None] | None = None) -> None:
+        self.transport: Any = None  # an asyncio.Transport once connected
+        self.at_eof = False  # the peer sent EOF, or the connection is gone
+        self.lost = False  # the connection is gone
+        self.error: BaseException | None = None  # why it was lost, when not cleanly
+        self.on_eof: Callable[[], None] | None = None  # told once when input ends
+        self._on_connect = on_connect
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._reading_paused = False
+        self._writing_paused = False
+        self._reader: asyncio.Future[None] | None = None
+        self._drainer: asyncio.Future[None] | None = None
+
+    # asyncio's protocol callbacks
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        if self._on_connect is not None:
+            self._on_connect(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > READ_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self._input_ended()
+        return True  # stay open for writing: a half-closed peer still gets its answer
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+        self.error = exc
+        self._input_ended()
+        drainer, self._drainer = self._drainer, None
+        if drainer is not None and not drainer.done():
+            drainer.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        drainer, self._drainer = self._drainer, None
+        if drainer is not None and not drainer.done():
+            drainer.set_result(None)
+
+    def _input_ended(self) -> None:
+        if self.at_eof:
+            return
+        self.at_eof = True
+        self._wake_reader()
+        if self.on_eof is not None:
+            self.on_eof()
+
+    def _wake_reader(self) -> None:
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    # the stream side
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet read."""
+        return self._size
+
+    async def read(self) -> bytes:
+        """Everything received so far, waiting for some if there is none;
+        b"" at EOF. Raises ConnectionError when the connection broke."""
+        while not self._chunks:
+            if self.at_eof:
+                if self.error is not None:
+                    raise ConnectionResetError(str(self.error) or type(self.error).__name__)
+                return b""
+            self._reader = asyncio.get_running_loop().create_future()
+            try:
+                await self._reader
+            finally:
+                self._reader = None
+        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        if self._reading_paused and not self.lost:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def write(self, data: bytes) -> None:
+        """Hands `data` to the transport; waits while its send buffer is full.
+        Raises ConnectionError when the connection is gone or the send failed."""
+        if self.lost or self.transport.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        self.transport.write(data)
+        if self.transport.is_closing():  # the send failed: asyncio closes the transport at once
+            raise ConnectionResetError("the peer closed the connection")
+        while self._writing_paused and not self.lost:
+            self._drainer = asyncio.get_running_loop().create_future()
+            await self._drainer
+        if self.lost:
+            raise ConnectionResetError("the connection is closed")
+
+    def write_eof(self) -> None:
+        if not self.lost and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def limit_write_buffer(self, size: int) -> None:
+        """Writes then wait once `size` bytes are queued in user space."""
+        self.transport.set_write_buffer_limits(high=size)
+
+    def close(self) -> None:
+        """Closes after the queued data is sent."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Closes at once, dropping queued data."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    def extra(self, name: str, default: Any = None) -> Any:
+        return self.transport.get_extra_info(name, default) if self.transport is not None else default
+
+
+async def connect(host: str, port: int) -> Wire:
+    """Opens a TCP connection (the caller bounds the wait). Raises OSError."""
+    loop = asyncio.get_running_loop()
+    _, wire = await loop.create_connection(Wire, host, port, happy_eyeballs_delay=0.25)
+    return wire
