@@ -6,9 +6,12 @@ on a slow or busy machine still shows how far the router is from them:
 - relay (--relay PORT): the same server forwarding each request body to the
   fake upstream over one httpcore AsyncHTTP11Connection per client connection
   and returning the reply (the floor for a proxy on h11 in, httpcore out:
-  no routing, no pipeline, no pool, no timeouts, no logging).
+  no routing, no pipeline, no pool, no timeouts, no logging);
+- wire relay (--relay PORT --wire): that relay with both sockets on the
+  router's own transport (llmrouter/wire.py, asyncio transports) instead of
+  anyio's socket streams: the floor for any proxy on these libraries.
 
-    python3 bench/bare_server.py [--relay 18080] --port 18081
+    python3 bench/bare_server.py [--relay 18080 [--wire]] --port 18081
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import httpcore
 from anyio.abc import SocketAttribute
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fake_upstream import COMPLETION  # noqa: E402
 
 HEADERS = [("content-type", "application/json"), ("content-length", str(len(COMPLETION)))]
@@ -82,6 +86,75 @@ async def serve_connection(stream: anyio.abc.SocketStream) -> None:
             return
 
 
+class WireStream(httpcore.AsyncNetworkStream):
+    """A wire as httpcore's network stream (the router's `_Socket` without its extras)."""
+
+    def __init__(self, wire) -> None:  # type: ignore[no-untyped-def]
+        self.wire = wire
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self.wire.read()
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if buffer:
+            await self.wire.write(buffer)
+
+    async def aclose(self) -> None:
+        self.wire.close()
+
+
+async def serve_wire(wire) -> None:  # type: ignore[no-untyped-def]
+    from llmrouter.wire import connect
+
+    conn = h11.Connection(h11.SERVER)
+    origin = httpcore.Origin(b"http", b"127.0.0.1", RELAY_PORT)
+    upstream = httpcore.AsyncHTTP11Connection(origin, WireStream(await connect("127.0.0.1", RELAY_PORT)))
+    url = httpcore.URL(scheme=b"http", host=b"127.0.0.1", port=RELAY_PORT, target=b"/v1/chat/completions")
+    body = bytearray()
+    try:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await wire.read()
+                conn.receive_data(data)
+                if not data:
+                    return
+            elif isinstance(event, h11.Request):
+                body.clear()
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                request = httpcore.Request(
+                    "POST", url, content=bytes(body),
+                    headers=[(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+                )
+                response = await upstream.handle_async_request(request)
+                reply = b"".join([chunk async for chunk in response.aiter_stream()])
+                await response.aclose()
+                headers = [("content-type", "application/json"), ("content-length", str(len(reply)))]
+                data = conn.send(h11.Response(status_code=200, headers=headers))
+                await wire.write(data + conn.send(h11.Data(data=reply)) + conn.send(h11.EndOfMessage()))
+                conn.start_next_cycle()
+            else:
+                return
+    except Exception:
+        pass
+    finally:
+        wire.close()
+        await upstream.aclose()
+
+
+async def main_wire(port: int) -> None:
+    import asyncio
+
+    from llmrouter.wire import Wire
+
+    async with anyio.create_task_group() as tg:
+        server = await asyncio.get_running_loop().create_server(lambda: Wire(lambda w: tg.start_soon(serve_wire, w)), "127.0.0.1", port)
+        print(f"ready {server.sockets[0].getsockname()[1]} pid {os.getpid()}", flush=True)
+        await anyio.sleep_forever()
+
+
 async def main(port: int) -> None:
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
     print(f"ready {listener.extra(SocketAttribute.local_port)} pid {os.getpid()}", flush=True)
@@ -92,9 +165,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--relay", type=int, default=0, help="forward to the fake upstream on this port instead of answering")
+    ap.add_argument("--wire", action="store_true", help="with --relay: both sockets on llmrouter's wires instead of anyio streams")
     args = ap.parse_args()
     RELAY_PORT = args.relay
     try:
-        anyio.run(main, args.port)
+        anyio.run(main_wire if args.wire and args.relay else main, args.port)
     except KeyboardInterrupt:
         pass

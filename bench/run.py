@@ -99,11 +99,11 @@ def wait_ready(proc: subprocess.Popen, port: int, errfile: Path, what: str) -> N
 
 
 def start_floor(mode: str, fake_port: int, workdir: str) -> tuple[subprocess.Popen, int]:
-    """bench/bare_server.py: the canned-reply server or the minimal relay."""
+    """bench/bare_server.py: the canned-reply server or a minimal relay."""
     port = free_port()
     argv = [sys.executable, str(HERE / "bare_server.py"), "--port", str(port)]
-    if mode == "relay":
-        argv += ["--relay", str(fake_port)]
+    if mode in ("relay", "wire relay"):
+        argv += ["--relay", str(fake_port)] + (["--wire"] if mode == "wire relay" else [])
     err = Path(workdir) / f"{mode}.err"
     proc = subprocess.Popen(pinned(ROUTER_CORE, argv), stdout=subprocess.DEVNULL, stderr=open(err, "w"))
     wait_ready(proc, port, err, f"the {mode} floor server")
@@ -290,12 +290,13 @@ def table(results: dict[str, Any]) -> str:
                 f"| {s['concurrency']} | **added** | {s['added_head_ms']:.3f} | {s['added_ttft_ms']:.3f} | {s['added_total_ms']:.3f} | | "
                 f"| {s['added_event_lag_p50_us']:.0f} | {s['added_event_lag_p99_us']:.0f} |"
             )
-    others = [t for t in ("compare", "relay", "bare") if t in results["requests"][0]]
+    others = [t for t in ("compare", "wire relay", "relay", "bare") if t in results["requests"][0]]
     if others:
         lines += [
             "",
             "Other servers measured in the same rounds (bare: anyio + h11 answering a canned reply; relay: that server "
-            "forwarding to the fake over one httpcore AsyncHTTP11Connection per client connection; compare: the router from --compare)",
+            "forwarding to the fake over one httpcore AsyncHTTP11Connection per client connection; wire relay: the same "
+            "relay with both sockets on llmrouter's wires (asyncio transports); compare: the router from --compare)",
             "",
             "| conc | server | req/s | p50 ms | p99 ms | CPU µs/req | router req/s as % of it |",
             "|---:|---|---:|---:|---:|---:|---:|",
@@ -337,6 +338,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 servers["compare"] = start_router(fake_port, workdir, args.log_requests, Path(args.compare).resolve(), "compare")
             if args.floors:
                 servers["relay"] = start_floor("relay", fake_port, workdir)
+                servers["wire relay"] = start_floor("wire relay", fake_port, workdir)
                 servers["bare"] = start_floor("bare", fake_port, workdir)
             b = Bench(args, fake, fake_port, servers)
             # Warm every path: connections, pools, first-call imports.
@@ -374,7 +376,7 @@ def main() -> None:
     ap.add_argument("--gap-ms", type=float, default=1.0, help="pause between streamed events at the fake")
     ap.add_argument("--first-ms", type=float, default=5.0, help="pause between the head and the first event at the fake")
     ap.add_argument("--no-log", dest="log_requests", action="store_false", help="turn the router's JSONL request log off")
-    ap.add_argument("--floors", action="store_true", help="also measure bench/bare_server.py as a canned-reply server and as a minimal relay")
+    ap.add_argument("--floors", action="store_true", help="also measure bench/bare_server.py as a canned-reply server and as minimal relays (on anyio streams and on wires)")
     ap.add_argument("--compare", metavar="SRC", help="also measure the router from this directory (one holding an llmrouter package), for A/B comparisons")
     ap.add_argument("--router-core", type=int, default=0, help="core for the router (default 0; the fake and load generator use core 1)")
     ap.add_argument("--nice", type=int, default=0, help="run all three processes at this nice level (e.g. -10, needs root) so that other work on a shared machine disturbs them less")

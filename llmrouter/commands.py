@@ -46,10 +46,12 @@ class UpstreamHead:
 
 @dataclass(frozen=True)
 class ReadUpstream:
-    """Reply: the next body chunk, b"" at the end, or None when nothing came
-    within `ping_after` seconds (the pipeline may then send a keep-alive)."""
+    """Reply: the next body chunk, b"" at the end. While the upstream is
+    quiet, `ping` (a keep-alive in the client's format; b"" for none) goes
+    to the client every `ping_after` seconds."""
 
-    ping_after: float | None = None
+    ping_after: float = 10.0
+    ping: bytes = b""
 
 
 @dataclass(frozen=True)

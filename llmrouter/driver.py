@@ -8,6 +8,7 @@ publishes the request's single `complete` record at the end.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -15,7 +16,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio
-import anyio.abc
 
 from llmrouter import canonical, errors, events
 from llmrouter.commands import (
@@ -44,55 +44,6 @@ class ResponseWriter(Protocol):
     async def send(self, data: bytes) -> None: ...
     async def end(self) -> None: ...
     async def abort(self) -> None: ...
-
-
-class ChunkReader:
-    """Reads upstream chunks in a task of its own, one chunk ahead, so that
-    waiting for the next chunk can time out (to send a keep-alive, or to
-    enforce the idle limit) without cancelling a read in the middle."""
-
-    def __init__(self, stream: UpstreamStream, tg: anyio.abc.TaskGroup) -> None:
-        self._send, self._receive = anyio.create_memory_object_stream[Any](1)
-        self._scope = anyio.CancelScope()
-        tg.start_soon(self._pump, stream)
-
-    async def _pump(self, stream: UpstreamStream) -> None:
-        with self._scope:
-            async with self._send:
-                try:
-                    while True:
-                        chunk = await stream.read()
-                        try:  # the pipeline is usually waiting: hand over without a trip through the loop
-                            self._send.send_nowait(chunk)
-                        except anyio.WouldBlock:
-                            await self._send.send(chunk)  # one chunk ahead already: wait (backpressure)
-                        if not chunk:
-                            return
-                except errors.UpstreamError as exc:
-                    await self._send.send(exc)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    pass  # the pipeline stopped reading
-                except Exception as exc:  # never let the task group wrap a stray error
-                    await self._send.send(errors.UpstreamProtocolError(f"reading upstream failed: {exc!r}"))
-
-    async def next(self, timeout: float) -> bytes | errors.UpstreamError | None:
-        try:  # a chunk that is already here needs no timer (the common case in a busy stream)
-            return self._receive.receive_nowait()
-        except anyio.WouldBlock:
-            pass
-        except anyio.EndOfStream:
-            return b""
-        # A bare deadline scope: move_on_after wraps the same in a generator.
-        with anyio.CancelScope(deadline=anyio.current_time() + timeout):
-            try:
-                return await self._receive.receive()
-            except anyio.EndOfStream:
-                return b""
-        return None
-
-    def close(self) -> None:
-        self._scope.cancel()
-        self._receive.close()
 
 
 class Driver:
@@ -179,9 +130,7 @@ class _Run:
         self.driver = driver
         self.pipeline = pipeline
         self.writer = writer
-        self.tg: anyio.abc.TaskGroup | None = None  # opened at the first ReadUpstream
         self.stream: UpstreamStream | None = None
-        self.reader: ChunkReader | None = None
         self.deadline = math.inf
         self.opened_at = 0.0
         self.last_chunk: float | None = None  # None until the first body chunk
@@ -198,39 +147,16 @@ class _Run:
                 cmd = self.pipeline.throw(throw) if throw is not None else self.pipeline.send(reply)
             except StopIteration:
                 return
-            if self.tg is None and isinstance(cmd, ReadUpstream):
-                await self.streaming_steps(cmd)
-                return
-            reply, throw = await self.perform_catching(cmd)
-
-    async def perform_catching(self, cmd: Any) -> tuple[Any, BaseException | None]:
-        try:
-            return await self.perform(cmd), None
-        except errors.UpstreamError as exc:
-            return None, exc  # delivered at the pipeline's `yield`
-
-    async def streaming_steps(self, first: ReadUpstream) -> None:
-        """Runs the rest of the pipeline inside a task group for the ChunkReader.
-        Opened only here, at the first ReadUpstream, because a task group and
-        its cancellation cost more than the rest of a small non-streaming
-        request's driving (see docs/performance.md)."""
-        failure: Exception | None = None
-        async with anyio.create_task_group() as tg:
-            self.tg = tg
             try:
-                await self.steps(*await self.perform_catching(first))
-            except Exception as exc:  # kept out of the group, which would wrap it in an ExceptionGroup
-                failure = exc
-            finally:
-                await self.release()  # stops the reader task, so the group need not be cancelled
-        if failure is not None:
-            raise failure
+                reply, throw = await self.perform(cmd), None
+            except errors.UpstreamError as exc:
+                reply, throw = None, exc  # delivered at the pipeline's `yield`
 
     async def perform(self, cmd: Any) -> Any:
         if isinstance(cmd, SendBody):
             await self.writer.send(cmd.data)
         elif isinstance(cmd, ReadUpstream):
-            return await self.read(cmd.ping_after)
+            return await self.read(cmd)
         elif isinstance(cmd, Publish):
             self.driver.publish(cmd.event)
         elif isinstance(cmd, OpenUpstream):
@@ -270,12 +196,9 @@ class _Run:
         finally:
             await stream.aclose()
 
-    async def read(self, ping_after: float | None) -> bytes | None:
+    async def read(self, cmd: ReadUpstream) -> bytes:
         stream = self.stream
         assert stream is not None, "ReadUpstream without an open upstream"
-        if self.reader is None:
-            assert self.tg is not None, "ReadUpstream outside streaming_steps"
-            self.reader = ChunkReader(stream, self.tg)
         provider = stream.provider
         # Until the first chunk the wait is first_byte_timeout from sending the
         # request (time to first token); after it, idle_timeout between chunks.
@@ -283,22 +206,19 @@ class _Run:
             quiet_until = self.opened_at + provider.first_byte_timeout
         else:
             quiet_until = self.last_chunk + provider.idle_timeout
+        give_up = min(quiet_until, self.deadline)
+        keepalive = (cmd.ping_after, functools.partial(self.writer.send, cmd.ping)) if cmd.ping else None
+        with anyio.CancelScope(deadline=anyio.current_time() + max(give_up - time.monotonic(), 0)) as scope:
+            chunk = await stream.read(keepalive)
         now = time.monotonic()
-        wait = min(ping_after or math.inf, quiet_until - now, self.deadline - now)
-        item = await self.reader.next(max(wait, 0))
-        if isinstance(item, errors.UpstreamError):
-            raise item
-        now = time.monotonic()
-        if item is None:
+        if scope.cancelled_caught:
             if now >= self.deadline:
                 raise errors.UpstreamTimeout(f"provider '{provider.name}': reply not finished within {provider.total_timeout:g}s")
-            if now >= quiet_until:
-                if self.last_chunk is None:
-                    raise errors.UpstreamTimeout(f"provider '{provider.name}': no first chunk within {provider.first_byte_timeout:g}s")
-                raise errors.UpstreamTimeout(f"provider '{provider.name}': no data for {provider.idle_timeout:g}s")
-            return None
+            if self.last_chunk is None:
+                raise errors.UpstreamTimeout(f"provider '{provider.name}': no first chunk within {provider.first_byte_timeout:g}s")
+            raise errors.UpstreamTimeout(f"provider '{provider.name}': no data for {provider.idle_timeout:g}s")
         self.last_chunk = now
-        return item
+        return chunk
 
     async def read_body(self, limit: int) -> bytes:
         stream = self.stream
@@ -313,9 +233,6 @@ class _Run:
             await self.release()
 
     async def release(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
-            self.reader = None
         if self.stream is not None:
             stream, self.stream = self.stream, None
             await stream.aclose()

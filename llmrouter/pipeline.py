@@ -270,11 +270,8 @@ def _relay_stream(ctx: Context, ex: Exchange, client: Any, req: canonical.Reques
     collector = ex.collector = canonical.ResponseCollector(decision.model)
     started = ctx.monotonic()
     while True:
-        chunk = yield ReadUpstream(PING_AFTER)
-        if chunk is None:
-            if ex.response_started:  # before its head, nothing can go to the client
-                yield SendBody(ex.encoder.ping())
-            continue
+        # Before its head, nothing can go to the client, keep-alives included.
+        chunk = yield ReadUpstream(PING_AFTER, ex.encoder.ping() if ex.response_started else b"")
         if rec.first_byte_ms is None:
             rec.first_byte_ms = round((ctx.monotonic() - started) * 1000)
         frames = decoder.feed(chunk) if chunk else decoder.close()

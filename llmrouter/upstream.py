@@ -36,7 +36,7 @@ import math
 import select
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -48,6 +48,7 @@ from llmrouter.formats import UpstreamCall
 from llmrouter.wire import Wire, connect
 
 KEEPALIVE_EXPIRY = 30.0  # idle upstream connections older than this are closed
+Keepalive = tuple[float, Callable[[], Awaitable[None]]]
 
 
 # httpcore's exceptions, translated by `_translate`. Callers catch these in a
@@ -85,7 +86,7 @@ class _Socket(httpcore.AsyncNetworkStream):
     what decides whether a failed request may be retried."""
 
     def __init__(self, wire: Wire) -> None:
-        self._wire = wire
+        self.wire = wire
         self._pending: list[bytes] = []
         self.sent = 0
         # Set by UpstreamStream.read_all for body reads; None otherwise, because
@@ -93,6 +94,7 @@ class _Socket(httpcore.AsyncNetworkStream):
         # (first_byte_timeout around the head, the driver's idle timer around
         # stream chunks) and a cancel scope per read is not free.
         self.read_timeout: float | None = None
+        self.keepalive: Keepalive | None = None  # set by UpstreamStream.read for one read
         self._poll: Any = None
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
@@ -105,7 +107,7 @@ class _Socket(httpcore.AsyncNetworkStream):
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending.clear()
         try:
-            await self._wire.write(data)
+            await self.wire.write(data)
         except ConnectionError as exc:
             raise httpcore.WriteError(f"sending the request failed: {exc}") from exc
         self.sent += len(data)
@@ -113,26 +115,36 @@ class _Socket(httpcore.AsyncNetworkStream):
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         if self._pending:
             await self._flush()
+        if self.keepalive is not None:
+            await self._wait_calling_keepalive(*self.keepalive)
         timeout = self.read_timeout
         try:
             if timeout is None:
-                return await self._wire.read()
+                return await self.wire.read()
             with anyio.fail_after(timeout):
-                return await self._wire.read()
+                return await self.wire.read()
         except TimeoutError as exc:  # before OSError: TimeoutError is one
             raise httpcore.ReadTimeout(f"no data for {timeout:g}s") from exc
         except OSError as exc:
             raise httpcore.ReadError(f"reading the response failed: {exc or type(exc).__name__}") from exc
 
+    async def _wait_calling_keepalive(self, seconds: float, keepalive: Callable[[], Awaitable[None]]) -> None:
+        wire = self.wire
+        while not (wire.buffered or wire.at_eof):
+            with anyio.move_on_after(seconds):
+                await wire.wait_readable()  # consumes nothing: safe to time out
+            if not (wire.buffered or wire.at_eof):
+                await keepalive()
+
     async def aclose(self) -> None:
         self._pending.clear()
-        self._wire.close()
+        self.wire.close()
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None) -> httpcore.AsyncNetworkStream:
         loop = asyncio.get_running_loop()
         try:
             with anyio.fail_after(timeout):
-                self._wire.transport = await loop.start_tls(self._wire.transport, self._wire, ssl_context, server_hostname=server_hostname)
+                self.wire.transport = await loop.start_tls(self.wire.transport, self.wire, ssl_context, server_hostname=server_hostname)
         except TimeoutError as exc:
             await self.aclose()
             raise httpcore.ConnectTimeout("TLS handshake timed out") from exc
@@ -145,18 +157,18 @@ class _Socket(httpcore.AsyncNetworkStream):
         if info == "is_readable":
             return self._readable()
         if info in ("ssl_object", "socket"):
-            return self._wire.extra(info)
+            return self.wire.extra(info)
         if info == "client_addr":
-            return self._wire.extra("sockname")
+            return self.wire.extra("sockname")
         if info == "server_addr":
-            return self._wire.extra("peername")
+            return self.wire.extra("peername")
         return None
 
     def _readable(self) -> bool:
         """True when a read would not block: on an idle keep-alive connection
         that means the upstream closed it (or broke protocol). The wire knows
         what the event loop has seen; a poll sees what arrived since."""
-        wire = self._wire
+        wire = self.wire
         if wire.at_eof or wire.buffered or wire.transport.is_closing():
             return True
         sock = wire.extra("socket")
@@ -365,13 +377,20 @@ class UpstreamStream:
                 return value
         return None
 
-    async def read(self) -> bytes:
+    async def read(self, keepalive: Keepalive | None = None) -> bytes:
         """The next body chunk, b"" at the end. Raises UpstreamError.
 
         No timer of its own: the caller bounds the wait (the driver's idle
-        timer for streams), so a stream chunk costs no extra cancel scope."""
+        timer for streams), so a stream chunk costs no extra cancel scope.
+        `keepalive` is (seconds, callback): while the socket stays quiet that
+        long, the callback is awaited (it sends the client a keep-alive).
+        Cancelling a read closes the response, so a keep-alive cannot be
+        done by timing the read out and reading again."""
         if self.done:
             return b""
+        socket = self._conn.socket
+        if socket is not None:
+            socket.keepalive = keepalive
         try:
             return await self._chunks.__anext__()
         except StopAsyncIteration:
@@ -379,6 +398,9 @@ class UpstreamStream:
             return b""
         except _HTTPCORE_ERRORS as exc:
             raise _translate(self.provider, exc) from exc
+        finally:
+            if socket is not None:
+                socket.keepalive = None
 
     async def read_all(self, limit: int) -> bytes:
         """The whole body; each wait for more data is limited to idle_timeout

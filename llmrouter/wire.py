@@ -98,6 +98,17 @@ class Wire(asyncio.Protocol):
         """Bytes received and not yet read."""
         return self._size
 
+    async def wait_readable(self) -> None:
+        """Waits until a read would not wait (data or EOF); consumes nothing,
+        so it can be cancelled at any time without losing a byte."""
+        if self._chunks or self.at_eof:
+            return
+        self._reader = asyncio.get_running_loop().create_future()
+        try:
+            await self._reader
+        finally:
+            self._reader = None
+
     async def read(self) -> bytes:
         """Everything received so far, waiting for some if there is none;
         b"" at EOF. Raises ConnectionError when the connection broke."""

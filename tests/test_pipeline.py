@@ -150,10 +150,11 @@ def test_non_retryable_error_is_not_retried():
 def test_no_fallback_after_the_stream_started():
     p = Playbook({**BODY, "stream": True})
     p.expect(OpenUpstream, UpstreamHead(200, []))
-    p.expect(ReadUpstream, b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"par"},"finish_reason":null}]}\n\n')
+    first = p.expect(ReadUpstream, b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"par"},"finish_reason":null}]}\n\n')
+    assert first.ping == b""  # no keep-alive before the head
     p.expect(StartResponse)  # after the first frame (the first-chunk gate)
     p.expect(SendBody)
-    p.fail(ReadUpstream, errors.UpstreamTimeout("no data"))
+    assert p.fail(ReadUpstream, errors.UpstreamTimeout("no data")).ping == b": ping\n\n"  # once started, keep-alives
     error = p.expect(SendBody)
     assert b'"error"' in error.data and b"[DONE]" not in error.data
     p.expect(AbortResponse)
@@ -167,8 +168,8 @@ def test_stream_failing_before_its_first_frame_falls_back():
     or an error event before it is a pre-stream failure with fallback."""
     p = Playbook({**BODY, "stream": True})
     assert p.expect(OpenUpstream, UpstreamHead(200, [])).provider.name == "a"
-    assert p.expect(ReadUpstream, None) is not None  # no keep-alive before the head...
-    p.expect(ReadUpstream, b'data: {"id":"c","object":"chat.completion.chunk","crea')  # ...nor for half a frame
+    assert p.expect(ReadUpstream, b'data: {"id":"c","object":"chat.completion.chunk","crea').ping == b""  # no keep-alive before the head...
+    assert p.expect(ReadUpstream, b'"created":1,').ping == b""  # ...nor after half a frame
     p.fail(ReadUpstream, errors.UpstreamTimeout("no first chunk"))
     assert p.expect(OpenUpstream, UpstreamHead(200, [])).provider.name == "b"
     p.expect(ReadUpstream, b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"busy"}}\n\n')

@@ -159,3 +159,23 @@ def test_slow_drip_non_stream_is_ended_by_the_total_deadline(world):
     assert rescued.status == 200 and rescued.headers["x-router-provider"] == "backup"
     slow.wait_peer_closed(2)
     record("timeouts.drip_non_stream_total_s", round(alone.seconds, 3), unit="s", configured=1.2)
+
+
+def test_quiet_upstream_gets_keepalives_and_the_stream_goes_on(world, monkeypatch):
+    """While a started stream's upstream is quiet, the client gets keep-alive
+    comments every PING_AFTER seconds; the wait for them does not disturb the
+    upstream read: the stream completes, and its connection is reused."""
+    import llmrouter.pipeline
+
+    monkeypatch.setattr(llmrouter.pipeline, "PING_AFTER", 0.05)
+    router, slow, backup = world
+    slow.script = lambda r: Reply.raw(200, SSE_HEAD, [frame("a"), Delay(0.22), frame("b"), b"data: [DONE]\n\n"])
+    got = send(router.port, "openai", "solo/m", True, "keepalive")
+    assert got.status == 200 and got.complete, got.body
+    assert got.body.count(b": ping") >= 2  # about 4 in 0.22 s of silence (idle_timeout is 0.3)
+    assert got.body.index(b'"content": "a"') < got.body.index(b": ping") < got.body.index(b'"content": "b"')
+    assert got.body.endswith(b"data: [DONE]\n\n")
+    assert only_record(router, "keepalive")["response"]["content"] == "ab"
+    slow.script = lambda r: Reply.raw(200, SSE_HEAD, [frame("c"), b"data: [DONE]\n\n"])
+    assert send(router.port, "openai", "solo/m", True, "keepalive-2").complete
+    assert slow.connections_opened == 1  # the first stream left its connection reusable
