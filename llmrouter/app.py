@@ -9,11 +9,11 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import random
 import secrets
 import time
 import urllib.parse
-import uuid
 from typing import Any
 
 import anyio
@@ -139,7 +139,7 @@ class App:
         request_id = request.headers.get("x-request-id", "")
         # It goes back in a response header: printable ASCII only (h11 cannot send more).
         if not request_id or len(request_id) > 128 or not (request_id.isascii() and request_id.isprintable()):
-            request_id = uuid.uuid4().hex
+            request_id = os.urandom(16).hex()
         ex = Exchange(
             id=number,
             request_id=request_id,

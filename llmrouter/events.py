@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmrouter import formats
+
 SCHEMA_VERSION = 1
 
 
@@ -129,13 +131,9 @@ class Record:
 
 def dumps(event: dict[str, Any]) -> str:
     """Compact, single-line JSON (safe inside one SSE data line and one log line)."""
-    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    text = formats.dumps(event)  # a lone surrogate from a client keeps everything escaped
     if text.isascii():
         return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from a client: keep everything escaped
-        return json.dumps(event, separators=(",", ":"))
     # str.splitlines() (and JavaScript before ES2019) end lines at these too.
     for char in _LINE_BREAKS:
         if char in text:

@@ -395,8 +395,9 @@ def _decode_json(body: bytes) -> tuple[Any, str | None]:
     if not body:
         return None, "request body is empty: expected a JSON object"
     try:
-        value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError) as exc:
+        # json.loads with options would build a decoder per call.
+        value = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         return None, f"request body is not valid JSON: {exc}"
     if not isinstance(value, dict):
         return value, "request body must be a JSON object"
@@ -413,6 +414,9 @@ def _finite_float(text: str) -> float:
     if value in (math.inf, -math.inf):
         raise ValueError(f"number {text} is out of range")
     return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def dump_json(value: Any) -> bytes:

@@ -217,9 +217,12 @@ class Connection:
                     else:
                         first_byte_at = first_byte_at or anyio.current_time()
                         deadline = first_byte_at + limits.header_timeout
-                    with self.server.idle_scope(self, waiting_for_first_byte=idle) as scope:
-                        scope.deadline = min(scope.deadline, deadline)
-                        alive = await self.receive()
+                    scope = self.server.wait_scope(self, deadline, waiting_for_first_byte=idle)
+                    try:
+                        with scope:
+                            alive = await self.receive()
+                    finally:
+                        self.server.waited(self)
                     if scope.cancelled_caught:
                         if idle:
                             return None  # idle keep-alive connection: close quietly
@@ -429,18 +432,19 @@ class Server:
         if self.in_flight == 0 and self._drained is not None:
             self._drained.set()
 
-    @contextlib.contextmanager
-    def idle_scope(self, conn: Connection, *, waiting_for_first_byte: bool):
-        scope = anyio.CancelScope()
+    def wait_scope(self, conn: Connection, deadline: float, *, waiting_for_first_byte: bool) -> anyio.CancelScope:
+        """The scope for one wait for request bytes; a connection waiting for
+        a new request's first byte is idle: shutdown() cancels its wait.
+        (Not a @contextmanager: one more generator per request, for nothing.)"""
+        scope = anyio.CancelScope(deadline=deadline)
         if waiting_for_first_byte:
             if self.closing:
                 scope.cancel()
             self._idle[conn] = scope
-        try:
-            with scope:
-                yield scope
-        finally:
-            self._idle.pop(conn, None)
+        return scope
+
+    def waited(self, conn: Connection) -> None:
+        self._idle.pop(conn, None)
 
 
 @functools.lru_cache(maxsize=None)
