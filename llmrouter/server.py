@@ -69,17 +69,14 @@ class ResponseWriter:
         self.finished = False
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
-        """Sends the head at once for streams; a response of known length is
-        held back and written together with its body (one write, not three)."""
+        """Holds the head back: it goes out with the first body bytes (one
+        write, not two; a stream's head with its first event) or at `end()`."""
         self.started = True
         headers = [SERVER_HEADER, *headers]
         if self._conn.server.closing:
             headers.append(("connection", "close"))
-        event = h11.Response(status_code=status, headers=headers, reason=_reason(status))
-        if any(name == "content-length" for name, _ in headers):
-            self._held = self._conn.serialize(event)
-        else:
-            await self._conn.send(event)
+        self._held = self._conn.serialize(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+
 
     async def send(self, data: bytes) -> None:
         if self._head_only:
