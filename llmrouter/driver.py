@@ -137,28 +137,32 @@ class _Run:
 
     async def loop(self) -> None:
         try:
-            await self.steps(None, None)
+            await self.steps()
         finally:
             await self.release()
 
-    async def steps(self, reply: Any, throw: BaseException | None) -> None:
+    async def steps(self) -> None:
+        reply: Any = None
+        throw: BaseException | None = None
         while True:
             try:
                 cmd = self.pipeline.throw(throw) if throw is not None else self.pipeline.send(reply)
             except StopIteration:
                 return
+            reply = throw = None
+            if type(cmd) is Publish:  # the commonest command, and synchronous: no coroutine for it
+                self.driver.publish(cmd.event)
+                continue
             try:
-                reply, throw = await self.perform(cmd), None
+                reply = await self.perform(cmd)
             except errors.UpstreamError as exc:
-                reply, throw = None, exc  # delivered at the pipeline's `yield`
+                throw = exc  # delivered at the pipeline's `yield`
 
     async def perform(self, cmd: Any) -> Any:
         if isinstance(cmd, SendBody):
             await self.writer.send(cmd.data)
         elif isinstance(cmd, ReadUpstream):
             return await self.read(cmd)
-        elif isinstance(cmd, Publish):
-            self.driver.publish(cmd.event)
         elif isinstance(cmd, OpenUpstream):
             return await self.open(cmd)
         elif isinstance(cmd, ReadUpstreamBody):

@@ -12,6 +12,7 @@ request ends (errors and disconnects included).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -125,13 +126,15 @@ def _serve(ctx: Context, ex: Exchange, client: Any) -> Pipeline:
     req.extras["headers"] = {h: ex.headers[h] for h in FORWARDED_HEADERS if h in ex.headers}
     _record_prompt(rec, req)
     active, warnings = plugins.resolve(ctx.config.plugins, req.plugins)
-    yield from _log_all(warnings)
+    if warnings:
+        yield from _log_all(warnings)
     state = plugins.PluginState(request=req, streamed=req.stream)
 
     flow = yield from _stage("on_start", active, state, rec)
     if flow == plugins.CONTINUE:
         tags, warnings = classifiers.classify(req, ctx.config.classifiers)
-        yield from _log_all(warnings)
+        if warnings:
+            yield from _log_all(warnings)
         req.tags = tags
         rec.tags = list(tags)
         yield Publish(events.classified(ex.id, ctx.clock_ms(), tags))
@@ -333,7 +336,8 @@ def _stream_reply(ex: Exchange, client: Any, req: canonical.Request, resp: canon
 def _stage(stage: str, active: list[Any], state: Any, rec: events.Record) -> Generator[Command, Any, str]:
     result = plugins.run_stage(stage, active, state)
     rec.plugins.extend(result.ids)
-    yield from _log_all(result.warnings)
+    if result.warnings:
+        yield from _log_all(result.warnings)
     return result.flow
 
 
@@ -377,6 +381,7 @@ def _router_headers(ex: Exchange, rec: events.Record) -> list[tuple[str, str]]:
     return headers
 
 
+@functools.lru_cache(maxsize=256)  # the same few model names and tags, request after request
 def _header_safe(value: str) -> str:
     # Control characters are no more allowed in a header value than CR/LF,
     # nor are leading or trailing spaces: h11 refuses the whole response (a
