@@ -61,7 +61,7 @@ OPENAI_FIELDS: dict[str, Callable[[Any], bool]] = {
     "stop": lambda v: v is None or isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
     "tools": lambda v: v is None or (isinstance(v, list) and not v),
     "tools[0].function": lambda v: isinstance(v, dict) and isinstance(v.get("name"), str),
-    "tools[0].function.name": lambda v: isinstance(v, str),
+    "tools[0].function.name": lambda v: isinstance(v, str) and v != "",
     # An object of a type the router does not know is forwarded for the upstream to judge.
     "tool_choice": lambda v: v is None or v in ("auto", "none", "required") or (isinstance(v, dict) and v.get("type") != "function"),
     "response_format": lambda v: v is None or v == {"type": "text"},

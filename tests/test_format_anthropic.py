@@ -239,6 +239,7 @@ def with_(path, value):
         (with_(["output_config"], {"format": {"type": "json_object"}}), "output_config.format"),
         (with_(["output_config"], {"format": {"type": "json_schema"}}), "output_config.format.schema"),
         (with_(["plugins"], [{"name": "x"}]), "plugins[0]"),
+        (with_(["tools"], [{"name": "", "input_schema": {"type": "object"}}]), "tools[0].name"),
     ],
 )
 def test_wrong_types_name_the_field(body, param):

@@ -144,6 +144,7 @@ def test_request_variants() -> None:
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": "always"}, "tool_choice"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools[0].function"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": ""}}]}, "tools[0].function.name"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "yaml"}}, "response_format.type"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "plugins": [{"name": "x"}]}, "plugins[0].id"),
     ],

@@ -195,6 +195,8 @@ def _tools(value: object, extras: dict[str, Any]) -> list[c.Tool]:
             extras.setdefault("anthropic_tools", []).append(tool)
             continue
         name = _string(tool, "name", param)
+        if not name:  # Anthropic (and every other upstream) refuses it
+            raise _bad("must not be empty", f"{param}.name")
         description = tool.get("description")
         if description is not None and not isinstance(description, str):
             raise _bad("must be a string", f"{param}.description")

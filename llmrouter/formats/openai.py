@@ -30,6 +30,7 @@ dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 _KINDS = {
     "string": (lambda v: isinstance(v, str), "a string"),
+    "name": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),  # every upstream refuses an empty tool name
     "count": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
     "number": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
     "boolean": (lambda v: isinstance(v, bool), "a boolean"),
@@ -251,7 +252,7 @@ def _parse_tools(items: list[Any]) -> list[c.Tool]:
         where = f"{path}.function"
         tools.append(
             c.Tool(
-                name=take(fn, "name", "string", where, required=True),
+                name=take(fn, "name", "name", where, required=True),
                 description=take(fn, "description", "string", where),
                 parameters=take(fn, "parameters", "object", where) or {"type": "object", "properties": {}},
             )
