@@ -35,55 +35,63 @@ HEADERS = [("content-type", "application/json"), ("content-length", str(len(COMP
 RELAY_PORT = 0
 
 
-async def handle(stream: anyio.abc.SocketStream) -> None:
-    try:
-        await serve_connection(stream)
-    except Exception:  # one broken connection must not stop the listener
-        await stream.aclose()
+URL = "/v1/chat/completions"
 
 
-async def serve_connection(stream: anyio.abc.SocketStream) -> None:
+async def relay(upstream: httpcore.AsyncHTTP11Connection, body: bytes) -> bytes:
+    url = httpcore.URL(scheme=b"http", host=b"127.0.0.1", port=RELAY_PORT, target=URL.encode())
+    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    response = await upstream.handle_async_request(httpcore.Request("POST", url, content=body, headers=headers))
+    reply = b"".join([chunk async for chunk in response.aiter_stream()])
+    await response.aclose()
+    return reply
+
+
+async def serve(receive, send, upstream: httpcore.AsyncHTTP11Connection | None) -> None:  # type: ignore[no-untyped-def]
+    """One client connection: `receive()` gives bytes (b"" at the end), `send(data)` writes them."""
     conn = h11.Connection(h11.SERVER)
+    body = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await receive()
+            if not data:
+                return
+            conn.receive_data(data)
+        elif isinstance(event, h11.Request):
+            body.clear()
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            reply, headers = COMPLETION, HEADERS
+            if upstream is not None:
+                reply = await relay(upstream, bytes(body))
+                headers = [("content-type", "application/json"), ("content-length", str(len(reply)))]
+            data = conn.send(h11.Response(status_code=200, headers=headers))
+            await send(data + conn.send(h11.Data(data=reply)) + conn.send(h11.EndOfMessage()))
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return  # connection: close, or a broken exchange
+            conn.start_next_cycle()
+        else:
+            return
+
+
+async def handle(stream: anyio.abc.SocketStream) -> None:
+    async def receive() -> bytes:
+        try:
+            return await stream.receive(65536)
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return b""
+
     upstream = None
     if RELAY_PORT:
         origin = httpcore.Origin(b"http", b"127.0.0.1", RELAY_PORT)
         upstream = httpcore.AsyncHTTP11Connection(origin, await httpcore.AnyIOBackend().connect_tcp("127.0.0.1", RELAY_PORT))
-        url = httpcore.URL(scheme=b"http", host=b"127.0.0.1", port=RELAY_PORT, target=b"/v1/chat/completions")
-    body = bytearray()
     async with stream:
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                try:
-                    conn.receive_data(await stream.receive(65536))
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
-                    return
-                continue
-            if isinstance(event, h11.Request):
-                body.clear()
-                continue
-            if isinstance(event, h11.EndOfMessage):
-                reply, headers = COMPLETION, HEADERS
-                if upstream is not None:
-                    request = httpcore.Request(
-                        "POST", url, content=bytes(body),
-                        headers=[(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
-                    )
-                    response = await upstream.handle_async_request(request)
-                    reply = b"".join([chunk async for chunk in response.aiter_stream()])
-                    await response.aclose()
-                    headers = [("content-type", "application/json"), ("content-length", str(len(reply)))]
-                data = conn.send(h11.Response(status_code=200, headers=headers))
-                data += conn.send(h11.Data(data=reply)) + conn.send(h11.EndOfMessage())
-                await stream.send(data)
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return  # connection: close, or a broken exchange
-                conn.start_next_cycle()
-                continue
-            if isinstance(event, h11.Data):
-                body += event.data
-                continue
-            return
+        try:
+            await serve(receive, stream.send, upstream)
+        except Exception:  # one broken connection must not stop the listener
+            pass
 
 
 class WireStream(httpcore.AsyncNetworkStream):
@@ -103,41 +111,14 @@ class WireStream(httpcore.AsyncNetworkStream):
         self.wire.close()
 
 
-async def serve_wire(wire) -> None:  # type: ignore[no-untyped-def]
+async def handle_wire(wire) -> None:  # type: ignore[no-untyped-def]
     from llmrouter.wire import connect
 
-    conn = h11.Connection(h11.SERVER)
     origin = httpcore.Origin(b"http", b"127.0.0.1", RELAY_PORT)
     upstream = httpcore.AsyncHTTP11Connection(origin, WireStream(await connect("127.0.0.1", RELAY_PORT)))
-    url = httpcore.URL(scheme=b"http", host=b"127.0.0.1", port=RELAY_PORT, target=b"/v1/chat/completions")
-    body = bytearray()
     try:
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await wire.read()
-                conn.receive_data(data)
-                if not data:
-                    return
-            elif isinstance(event, h11.Request):
-                body.clear()
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                request = httpcore.Request(
-                    "POST", url, content=bytes(body),
-                    headers=[(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
-                )
-                response = await upstream.handle_async_request(request)
-                reply = b"".join([chunk async for chunk in response.aiter_stream()])
-                await response.aclose()
-                headers = [("content-type", "application/json"), ("content-length", str(len(reply)))]
-                data = conn.send(h11.Response(status_code=200, headers=headers))
-                await wire.write(data + conn.send(h11.Data(data=reply)) + conn.send(h11.EndOfMessage()))
-                conn.start_next_cycle()
-            else:
-                return
-    except Exception:
+        await serve(wire.read, wire.write, upstream)
+    except Exception:  # one broken connection must not stop the listener
         pass
     finally:
         wire.close()
@@ -150,7 +131,7 @@ async def main_wire(port: int) -> None:
     from llmrouter.wire import Wire
 
     async with anyio.create_task_group() as tg:
-        server = await asyncio.get_running_loop().create_server(lambda: Wire(lambda w: tg.start_soon(serve_wire, w)), "127.0.0.1", port)
+        server = await asyncio.get_running_loop().create_server(lambda: Wire(lambda w: tg.start_soon(handle_wire, w)), "127.0.0.1", port)
         print(f"ready {server.sockets[0].getsockname()[1]} pid {os.getpid()}", flush=True)
         await anyio.sleep_forever()
 
