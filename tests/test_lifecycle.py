@@ -42,7 +42,10 @@ def script(request) -> Reply:
 def refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # A reset during connect() is a handshake the closing listener
+        # aborted: turned away as surely as a refusal (accepted connections
+        # only fail later, when read).
         return True
     return False
 
