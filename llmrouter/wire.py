@@ -59,7 +59,9 @@ class Wire(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._input_ended()
-        return True  # stay open for writing: a half-closed peer still gets its answer
+        # Stay open for writing: a half-closed peer still gets its answer. TLS
+        # cannot half-close (asyncio warns about a True there), so it closes.
+        return self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True

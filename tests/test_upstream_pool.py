@@ -538,3 +538,41 @@ async def test_https_round_trip_reuses_the_tls_connection(self_signed, monkeypat
         assert upstreams.pool_stats("tls") == {"open": 1, "idle": 1, "opened": 1}
         await upstreams.aclose()
         tg.cancel_scope.cancel()
+
+
+async def test_tls_upstream_closing_its_connection_is_quiet(self_signed, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A TLS upstream that closes after its answer: the pooled connection is
+    dropped and asyncio has nothing to warn about (TLS cannot stay half-open,
+    so the wire does not ask for it there)."""
+    import ssl
+
+    import httpcore._async.connection as httpcore_connection
+    from anyio.streams.tls import TLSListener
+
+    cert, key = self_signed
+    trusting = ssl.create_default_context(cafile=str(cert))
+    monkeypatch.setattr(httpcore_connection, "default_ssl_context", lambda: trusting)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+
+    async def answer_then_close(wire: Wire) -> bool:
+        await wire.send(ok_response())
+        return False
+
+    server = ScriptedServer(answer_then_close)
+    async with anyio.create_task_group() as tg:
+        tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = tcp.extra(SocketAttribute.local_port)
+        tg.start_soon(TLSListener(tcp, server_context, standard_compatible=False).serve, server.connection)
+        prov = Provider(name="tls", format="openai", base_url=f"https://127.0.0.1:{port}/v1")
+        upstreams = Upstreams((prov,))
+        assert await fetch(upstreams, prov) == OK_BODY
+        with anyio.fail_after(5):
+            while server.live:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.1)  # the close reaches the router's side
+        assert await fetch(upstreams, prov) == OK_BODY  # on a fresh connection
+        assert server.accepted == 2
+        await upstreams.aclose()
+        tg.cancel_scope.cancel()
+    assert not [r for r in caplog.records if "eof_received" in r.getMessage()], caplog.text
