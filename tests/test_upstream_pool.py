@@ -510,9 +510,9 @@ async def test_https_upstreams_speak_tls_and_verify_the_certificate(self_signed)
         tg.cancel_scope.cancel()
 
 
-async def test_https_round_trip_reuses_the_tls_connection(self_signed, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """With the test certificate trusted, requests go through TLS and the
-    second one reuses the first one's connection."""
+async def trusted_tls_provider(tg: anyio.abc.TaskGroup, server: ScriptedServer, self_signed, monkeypatch) -> Provider:  # type: ignore[no-untyped-def]
+    """Serves `server` over TLS with the test certificate, which httpcore is
+    made to trust; returns a provider pointing at it."""
     import ssl
 
     import httpcore._async.connection as httpcore_connection
@@ -523,13 +523,18 @@ async def test_https_round_trip_reuses_the_tls_connection(self_signed, monkeypat
     monkeypatch.setattr(httpcore_connection, "default_ssl_context", lambda: trusting)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
-    server = ScriptedServer()
+    tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = tcp.extra(SocketAttribute.local_port)
+    tg.start_soon(TLSListener(tcp, server_context, standard_compatible=False).serve, server.connection)
+    return Provider(name="tls", format="openai", base_url=f"https://127.0.0.1:{port}/v1")
 
+
+async def test_https_round_trip_reuses_the_tls_connection(self_signed, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With the test certificate trusted, requests go through TLS and the
+    second one reuses the first one's connection."""
+    server = ScriptedServer()
     async with anyio.create_task_group() as tg:
-        tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
-        port = tcp.extra(SocketAttribute.local_port)
-        tg.start_soon(TLSListener(tcp, server_context, standard_compatible=False).serve, server.connection)
-        prov = Provider(name="tls", format="openai", base_url=f"https://127.0.0.1:{port}/v1")
+        prov = await trusted_tls_provider(tg, server, self_signed, monkeypatch)
         upstreams = Upstreams((prov,))
         assert await fetch(upstreams, prov) == OK_BODY
         assert await fetch(upstreams, prov) == OK_BODY
@@ -544,16 +549,6 @@ async def test_tls_upstream_closing_its_connection_is_quiet(self_signed, monkeyp
     """A TLS upstream that closes after its answer: the pooled connection is
     dropped and asyncio has nothing to warn about (TLS cannot stay half-open,
     so the wire does not ask for it there)."""
-    import ssl
-
-    import httpcore._async.connection as httpcore_connection
-    from anyio.streams.tls import TLSListener
-
-    cert, key = self_signed
-    trusting = ssl.create_default_context(cafile=str(cert))
-    monkeypatch.setattr(httpcore_connection, "default_ssl_context", lambda: trusting)
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_context.load_cert_chain(cert, key)
 
     async def answer_then_close(wire: Wire) -> bool:
         await wire.send(ok_response())
@@ -561,10 +556,7 @@ async def test_tls_upstream_closing_its_connection_is_quiet(self_signed, monkeyp
 
     server = ScriptedServer(answer_then_close)
     async with anyio.create_task_group() as tg:
-        tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
-        port = tcp.extra(SocketAttribute.local_port)
-        tg.start_soon(TLSListener(tcp, server_context, standard_compatible=False).serve, server.connection)
-        prov = Provider(name="tls", format="openai", base_url=f"https://127.0.0.1:{port}/v1")
+        prov = await trusted_tls_provider(tg, server, self_signed, monkeypatch)
         upstreams = Upstreams((prov,))
         assert await fetch(upstreams, prov) == OK_BODY
         with anyio.fail_after(5):
