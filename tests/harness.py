@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -106,6 +107,37 @@ def raw_http(port: int, data: bytes, *, timeout: float = 5.0, read_until_close: 
                 if not read_until_close:
                     break
         return b"".join(chunks)
+
+
+class FeedReader:
+    """A /dashboard/events subscriber on a raw socket, read by a thread that
+    never stops (a subscriber that stops reading is cut off); `data` grows
+    as the feed delivers."""
+
+    def __init__(self, port: int, headers: bytes = b"") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: t\r\n" + headers + b"\r\n")
+        self.sock.settimeout(10)
+        self.data = bytearray()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := self.sock.recv(1 << 20):
+                self.data.extend(chunk)
+
+    def until(self, marker: bytes, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while marker not in self.data:
+            assert time.monotonic() < deadline and self.thread.is_alive(), f"the feed never sent {marker!r}"
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
 
 
 def provider_config(url: str, name: str = "fake", fmt: str = "openai", extra: str = "") -> str:

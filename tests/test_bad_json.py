@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +20,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from fakes import FakeUpstream, Reply
-from harness import running_router
+from harness import FeedReader, running_router
 from reliability_report import record
 
 OPENAI_BASE = {
@@ -317,20 +315,7 @@ def test_unicode_reaches_the_upstream_exactly_and_logs_stay_one_line(tmp_path, s
     with FakeUpstream() as fake:
         fake.script = lambda r: Reply.text("ok")
         with running_router(config_for(fake.url, str(log_path))) as router:
-            feed = socket.create_connection(("127.0.0.1", router.port))
-            feed.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: t\r\n\r\n")
-            feed.settimeout(10)
-            seen = bytearray()
-
-            def read_feed() -> None:  # keep reading: a subscriber that stops is cut off
-                try:
-                    while chunk := feed.recv(1 << 20):
-                        seen.extend(chunk)
-                except OSError:
-                    pass
-
-            reader = threading.Thread(target=read_feed, daemon=True)
-            reader.start()
+            feed = FeedReader(router.port)
             routes = [("openai", "/v1/chat/completions", "m"), ("anthropic", "/v1/messages", "m"),
                       ("openai", "/v1/chat/completions", "to-an/m")]
             sent = 0
@@ -347,13 +332,11 @@ def test_unicode_reaches_the_upstream_exactly_and_logs_stay_one_line(tmp_path, s
             router.wait_records(sent)
             # The feed still delivers (an unencodable event would have killed it).
             deadline = time.monotonic() + 10
-            while bytes(seen).count(b"event: complete") < sent and time.monotonic() < deadline:
-                assert reader.is_alive(), "the feed closed"
+            while feed.data.count(b"event: complete") < sent and time.monotonic() < deadline:
+                assert feed.thread.is_alive(), "the feed closed"
                 time.sleep(0.05)
-            assert bytes(seen).count(b"event: complete") == sent
-            feed.shutdown(socket.SHUT_RDWR)
+            assert feed.data.count(b"event: complete") == sent
             feed.close()
-            reader.join(5)
     raw = log_path.read_bytes()
     lines = raw.decode("utf-8").split("\n")[:-1]
     assert len(lines) == sent and len(raw.decode("utf-8").splitlines()) == sent

@@ -13,11 +13,11 @@ import asyncio
 import base64
 import json
 import socket
-import threading
 import time
 
 from aclient import exchange
 from fakes import Fault, FakeUpstream, RecordedRequest, Reply
+from harness import FeedReader
 from reliability_report import record
 from subproc import RouterProcess
 from test_chaos import dead_port
@@ -93,22 +93,9 @@ def test_no_canary_key_leaks_anywhere(tmp_path):
         dead = f"http://127.0.0.1:{dead_port()}"
         env = {k: v for k, v in CANARIES.items()}
         with RouterProcess(config_for(fake.url, dead, str(log)), tmp_path, env=env, args=("--log-level", "debug")) as router:
-            feed = socket.create_connection(("127.0.0.1", router.port))
-            feed.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: t\r\nx-api-key: " + CLIENT_KEY.encode() + b"\r\n\r\n")
-            feed.settimeout(10)
-            first = feed.recv(65536)
-            assert first.startswith(b"HTTP/1.1 200")
-            feed_data = bytearray(first)
-
-            def read_feed() -> None:  # keep reading: a subscriber that stops is cut off
-                try:
-                    while chunk := feed.recv(1 << 20):
-                        feed_data.extend(chunk)
-                except OSError:
-                    pass
-
-            reader = threading.Thread(target=read_feed, daemon=True)
-            reader.start()
+            feed = FeedReader(router.port, b"x-api-key: " + CLIENT_KEY.encode() + b"\r\n")
+            feed.until(b"\r\n\r\n")
+            assert feed.data.startswith(b"HTTP/1.1 200")
 
             async def drive() -> None:
                 auth = [{"authorization": f"Bearer {CLIENT_KEY}"}, {"x-api-key": CLIENT_KEY}]
@@ -139,11 +126,10 @@ def test_no_canary_key_leaks_anywhere(tmp_path):
                     assert data.startswith(b"HTTP/1.1 200"), data[:200]
                     captured.append((target, data))
             time.sleep(0.3)
-            assert reader.is_alive()  # the feed was never cut off
+            assert feed.thread.is_alive()  # the feed was never cut off
             assert router.stop() == 0  # ends the feed too
-            reader.join(5)
             feed.close()
-            feed_data = bytes(feed_data)
+            feed_data = bytes(feed.data)
         # The upstreams did get the keys (so the echo above really echoed them).
         sent = {echo_key(r) for r in fake.requests}
         assert {CANARIES["OPENAI_CANARY_KEY"], CANARIES["ANTHROPIC_CANARY_KEY"], CANARIES["OLLAMA_CANARY_KEY"]} <= sent
