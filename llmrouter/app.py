@@ -24,6 +24,7 @@ from llmrouter.breaker import Breakers
 from llmrouter.bus import EventBus
 from llmrouter.config import Config
 from llmrouter.discovery import Discovery
+from llmrouter.ollama_api import OllamaAPI, is_ollama_path
 from llmrouter.driver import Driver
 from llmrouter.pipeline import CLIENT_FORMATS, Context, Exchange, handle
 from llmrouter.reqlog import RequestLog
@@ -32,7 +33,13 @@ from llmrouter.upstream import Upstreams
 
 log = logging.getLogger("llmrouter")
 
-CHAT_ROUTES = {"/v1/chat/completions": "openai", "/v1/messages": "anthropic", "/v1/responses": "responses"}
+CHAT_ROUTES = {
+    "/v1/chat/completions": "openai",
+    "/v1/messages": "anthropic",
+    "/v1/responses": "responses",
+    "/api/chat": "ollama",
+    "/api/generate": "ollama_generate",
+}
 GET_ROUTES = ("/health", "/v1/models", "/dashboard", "/dashboard/events")
 KEEPALIVE_EVERY = 15.0
 SUBSCRIBER_BUFFER = 1024
@@ -56,6 +63,7 @@ class App:
             monotonic=time.monotonic,
             breakers=Breakers(config.server.breaker_failures, config.server.breaker_cooldown),
         )
+        self.ollama = OllamaAPI(config, self.discovery.models, self.upstreams, self.ctx.rng, time.time())
         self.driver = Driver(self.upstreams, self.bus.publish, self.reqlog.append if self.reqlog else None, self.ctx.clock_ms)
         self.server = Server(self.handle, self.render_failure, config.server)
         self._ids = itertools.count()
@@ -93,6 +101,9 @@ class App:
                 problem = errors.MethodNotAllowed(f"{method} is not allowed on {path}; use POST")
             # Refusals go through the pipeline too, so they are logged and published.
             await self.chat(request, writer, client_format, problem)
+            return
+        if is_ollama_path(path):  # Ollama's API beside chat: /, /api/tags, /api/show, ...
+            await (self.respond_error(writer, "ollama", problem) if problem else self.ollama.handle(request, writer))
             return
         if problem is not None:
             await self.respond_error(writer, "openai", problem)
@@ -236,7 +247,7 @@ class App:
 
     def render_failure(self, failure: ProtocolFailure) -> tuple[list[tuple[str, str]], bytes]:
         err = _status_error(failure.status, failure.message)
-        client_format = "anthropic" if failure.path.startswith("/v1/messages") else "openai"
+        client_format = "anthropic" if failure.path.startswith("/v1/messages") else "ollama" if is_ollama_path(failure.path) else "openai"
         return [("content-type", "application/json")], json.dumps(CLIENT_FORMATS[client_format].error_body(err)).encode()
 
 

@@ -36,9 +36,15 @@ from llmrouter.commands import (
 )
 from llmrouter.config import Config
 from llmrouter.redact import Redactor
-from llmrouter.formats import anthropic, ollama, openai, responses
+from llmrouter.formats import anthropic, ollama, ollama_client, openai, responses
 
-CLIENT_FORMATS = {"openai": openai, "anthropic": anthropic, "responses": responses}
+CLIENT_FORMATS = {
+    "openai": openai,
+    "anthropic": anthropic,
+    "responses": responses,
+    "ollama": ollama_client.CHAT,
+    "ollama_generate": ollama_client.GENERATE,
+}
 UPSTREAM_FORMATS = {"openai": openai, "anthropic": anthropic, "ollama": ollama}
 
 MAX_REPLY_BYTES = 64 * 1024 * 1024
@@ -115,7 +121,7 @@ def _serve(ctx: Context, ex: Exchange, client: Any) -> Pipeline:
     if isinstance(body, dict):
         model = body.get("model")
         rec.requested_model = model if isinstance(model, str) else ""
-        rec.stream = body.get("stream") is True
+        rec.stream = body.get("stream", getattr(client, "STREAMS_BY_DEFAULT", False)) is True  # Ollama streams by default
     yield Publish(events.start(ex.id, ctx.clock_ms(), rec.requested_model, ctx.in_flight, ex.request_id, ex.client_format, rec.stream))
     if ex.refusal is not None:
         raise ex.refusal
@@ -245,7 +251,9 @@ def _call(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, state
             f'provider \'{provider.name}\' has api_key_env = "{provider.api_key_env}" but that variable is not set'
         )
     upstream = UPSTREAM_FORMATS[provider.format]
+    opened = ctx.monotonic()
     head: UpstreamHead = yield OpenUpstream(provider, upstream.build_request(req, decision.model, provider))
+    head_after = ctx.monotonic() - opened
     if 300 <= head.status < 400:  # never followed (it could point anywhere), nor passed on
         raise errors.UpstreamProtocolError(f"provider '{provider.name}' answered with a redirect ({head.status}); redirects are not followed")
     if not 200 <= head.status < 300:
@@ -258,6 +266,7 @@ def _call(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, state
         yield from _relay_stream(ctx, ex, client, req, state, decision, upstream)
         return
     data = yield ReadUpstreamBody(MAX_REPLY_BYTES)
+    req.timing = (head_after, ctx.monotonic() - opened)
     state.response = upstream.parse_response(data)
     if formats.passthrough(req, provider.format):
         ex.raw_reply = data
@@ -305,7 +314,7 @@ def _relay_stream(ctx: Context, ex: Exchange, client: Any, req: canonical.Reques
                 )
             if not any(out) and chunk:
                 continue  # no complete frame yet
-            yield StartResponse(200, [*_stream_headers(), *_router_headers(ex, rec)])
+            yield StartResponse(200, [*_stream_headers(client), *_router_headers(ex, rec)])
             ex.response_started = True
         if failure is not None and not relay:
             out.append(ex.encoder.error(failure))
@@ -318,6 +327,7 @@ def _relay_stream(ctx: Context, ex: Exchange, client: Any, req: canonical.Reques
         if not chunk:
             break
     if not relay:
+        req.timing = ((rec.first_byte_ms or 0) / 1000, ctx.monotonic() - started)
         yield SendBody(ex.encoder.finish())
     yield EndResponse()
     state.response = collector.response()
@@ -326,7 +336,7 @@ def _relay_stream(ctx: Context, ex: Exchange, client: Any, req: canonical.Reques
 def _stream_reply(ex: Exchange, client: Any, req: canonical.Request, resp: canonical.Response) -> Pipeline:
     """Streams a reply that a plugin produced (no upstream involved)."""
     ex.encoder = client.Encoder(req, resp.model or req.model)
-    yield StartResponse(200, [*_stream_headers(), *_router_headers(ex, ex.record)])
+    yield StartResponse(200, [*_stream_headers(client), *_router_headers(ex, ex.record)])
     ex.response_started = True
     out = [ex.encoder.encode(e) for e in canonical.response_events(resp)]
     yield SendBody(b"".join(out) + ex.encoder.finish())
@@ -366,8 +376,9 @@ def _log_all(warnings: list[str]) -> Pipeline:
         yield Log("warning", warning)
 
 
-def _stream_headers() -> list[tuple[str, str]]:
-    return [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-accel-buffering", "no")]
+def _stream_headers(client: Any) -> list[tuple[str, str]]:
+    content_type = getattr(client, "STREAM_CONTENT_TYPE", "text/event-stream")  # Ollama: NDJSON
+    return [("content-type", content_type), ("cache-control", "no-cache"), ("x-accel-buffering", "no")]
 
 
 def _router_headers(ex: Exchange, rec: events.Record) -> list[tuple[str, str]]:
