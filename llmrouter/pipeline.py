@@ -13,6 +13,7 @@ request ends (errors and disconnects included).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import random
@@ -55,6 +56,12 @@ FORWARDED_HEADERS = ("anthropic-beta",)
 Pipeline = Generator[Command, Any, None]
 
 
+def _counting_seeds() -> Callable[[], str]:
+    """Deterministic id seeds (tests); app.py passes random ones."""
+    count = itertools.count(1)
+    return lambda: f"{next(count):08x}"
+
+
 @dataclass
 class Context:
     """What every request shares: immutable config plus live routing state."""
@@ -63,6 +70,7 @@ class Context:
     discovered: Mapping[str, Collection[str]] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
     clock_ms: Callable[[], int] = lambda: 0  # wall clock, epoch ms
+    new_seed: Callable[[], str] = field(default_factory=_counting_seeds)  # a hex string, unique per request
     monotonic: Callable[[], float] = lambda: 0.0
     in_flight: int = 0
     breakers: breaker.Breakers = field(default_factory=breaker.Breakers)
@@ -129,6 +137,10 @@ def _serve(ctx: Context, ex: Exchange, client: Any) -> Pipeline:
         raise errors.BadRequest(problem)
 
     req = client.parse_request(body)
+    # Formats read no clock and no randomness: the time and the seed of every
+    # id they make come with the request.
+    req.now, req.id_seed = ctx.clock_ms() / 1000, ctx.new_seed()
+    yield from _log_all(req.warnings, "debug")
     req.extras["headers"] = {h: ex.headers[h] for h in FORWARDED_HEADERS if h in ex.headers}
     _record_prompt(rec, req)
     active, warnings = plugins.resolve(ctx.config.plugins, req.plugins)
@@ -251,8 +263,10 @@ def _call(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, state
             f'provider \'{provider.name}\' has api_key_env = "{provider.api_key_env}" but that variable is not set'
         )
     upstream = UPSTREAM_FORMATS[provider.format]
+    call = upstream.build_request(req, decision.model, provider)
+    yield from _log_all(call.warnings, "debug")
     opened = ctx.monotonic()
-    head: UpstreamHead = yield OpenUpstream(provider, upstream.build_request(req, decision.model, provider))
+    head: UpstreamHead = yield OpenUpstream(provider, call)
     head_after = ctx.monotonic() - opened
     if 300 <= head.status < 400:  # never followed (it could point anywhere), nor passed on
         raise errors.UpstreamProtocolError(f"provider '{provider.name}' answered with a redirect ({head.status}); redirects are not followed")
@@ -267,7 +281,7 @@ def _call(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, state
         return
     data = yield ReadUpstreamBody(MAX_REPLY_BYTES)
     req.timing = (head_after, ctx.monotonic() - opened)
-    state.response = upstream.parse_response(data)
+    state.response = upstream.parse_response(data, req)
     if formats.passthrough(req, provider.format):
         ex.raw_reply = data
 
@@ -278,7 +292,7 @@ def _relay_stream(ctx: Context, ex: Exchange, client: Any, req: canonical.Reques
     rec = ex.record
     relay = formats.passthrough(req, decision.provider.format)
     ex.encoder = client.Encoder(req, decision.model)
-    decoder = upstream.Decoder()
+    decoder = upstream.Decoder(req)
     collector = ex.collector = canonical.ResponseCollector(decision.model)
     started = ctx.monotonic()
     while True:
@@ -371,9 +385,9 @@ def _send_error(ex: Exchange, client: Any, err: errors.RouterError) -> Pipeline:
     yield EndResponse()
 
 
-def _log_all(warnings: list[str]) -> Pipeline:
+def _log_all(warnings: list[str], level: str = "warning") -> Pipeline:
     for warning in warnings:
-        yield Log("warning", warning)
+        yield Log(level, warning)
 
 
 def _stream_headers(client: Any) -> list[tuple[str, str]]:

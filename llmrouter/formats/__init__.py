@@ -1,12 +1,16 @@
 """Wire formats. Pure: every function takes values and returns values.
 
 A format module may serve clients (`openai`, `anthropic`, `responses`), upstreams
-(`openai`, `anthropic`, `ollama`), or both. The contract:
+(`openai`, `anthropic`, `ollama`), or both. Formats read no clock, no
+randomness and never log: the time is `req.now`, every id they make is
+`req.new_id(prefix)` (derived from `req.id_seed`; the pipeline sets both right
+after parse_request), and what they drop comes back as warnings. The contract:
 
 Client side
   parse_request(body: object) -> canonical.Request
       `body` is the decoded JSON. Raises errors.BadRequest naming the field
-      (`param`) for a missing field or a wrong type.
+      (`param`) for a missing field or a wrong type. What it ignores or drops
+      goes to `Request.warnings` (the pipeline logs it at debug level).
   render_response(resp: canonical.Response, req: canonical.Request) -> dict
   error_body(err: errors.RouterError) -> dict       the format's error shape
   class Encoder(req: canonical.Request, model: str)
@@ -19,9 +23,11 @@ Upstream side
   build_request(req: canonical.Request, model: str, provider: config.Provider) -> UpstreamCall
       Translates `req` (sending `model`), or, when `passthrough(req, provider)`,
       forwards the client's own body with only `model` (and stream usage) changed.
-  parse_response(data: bytes) -> canonical.Response   raises errors.UpstreamProtocolError
+      What the translation drops goes to `UpstreamCall.warnings`.
+  parse_response(data: bytes, req: canonical.Request) -> canonical.Response
+      raises errors.UpstreamProtocolError; ids the upstream left out come from `req`
   error_message(status: int, data: bytes) -> str       the provider's own message
-  class Decoder()
+  class Decoder(req: canonical.Request)                 (ids from `req`, as above)
       feed(data: bytes) -> list[Frame]   complete frames; each keeps its raw bytes
       close() -> list[Frame]             raises UpstreamProtocolError if the stream
                                          ended without its terminal event
@@ -41,6 +47,7 @@ class UpstreamCall:
     path: str  # appended to the provider's base_url
     headers: list[tuple[str, str]]
     body: bytes
+    warnings: list[str] = field(default_factory=list)  # what the translation dropped (logged at debug level)
 
 
 @dataclass
