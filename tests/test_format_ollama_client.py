@@ -224,7 +224,7 @@ def test_chat_reply():
     req = timed(chat(stream=False))
     resp = c.Response("r", "upstream-model", [c.Text("hello"), c.ToolCall("t1", "f", '{"a":1}')], "tool_use", c.Usage(5, 3))
     assert CHAT.render_response(resp, req) == {
-        "model": "llama3.2", "created_at": "2025-01-01T00:00:00.250000Z",
+        "model": "upstream-model", "created_at": "2025-01-01T00:00:00.250000Z",
         "message": {"role": "assistant", "content": "hello",
                     "tool_calls": [{"id": "t1", "function": {"index": 0, "name": "f", "arguments": {"a": 1}}}]},
         "done": True, "done_reason": "stop", "total_duration": 2_000_000_000, "load_duration": 0,
@@ -253,7 +253,7 @@ def test_stream_lines():
     assert [line["message"].get("content") for line in lines] == ["Hel", "lo", "", ""]
     assert lines[2]["message"]["tool_calls"] == [{"id": "t1", "function": {"index": 0, "name": "f", "arguments": {"a": 1}}}]
     assert [line["done"] for line in lines] == [False, False, False, True]
-    assert all(line["created_at"] == "2025-01-01T00:00:00.250000Z" and line["model"] == "llama3.2" for line in lines)
+    assert all(line["created_at"] == "2025-01-01T00:00:00.250000Z" and line["model"] == "m" for line in lines)
     last = lines[-1]
     assert (last["done_reason"], last["prompt_eval_count"], last["eval_count"], last["total_duration"]) == ("stop", 4, 6, 2_000_000_000)
     assert encoder.finish() == b"" and encoder.ping() == b""

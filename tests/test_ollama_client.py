@@ -140,7 +140,7 @@ def test_chat_text(client, router, fakes, upstream, stream):
                         options={"temperature": 0.3, "num_predict": 50, "stop": ["END"]})
     reply, parts = read(reply, stream)
     assert reply.message.role == "assistant" and reply.message.content == "echo: hello there"
-    assert reply.model == MODEL[upstream] and reply.done_reason == "stop"
+    assert reply.model == SENT[upstream] and reply.done_reason == "stop"  # the model that answered
     assert reply.prompt_eval_count > 0 and reply.eval_count > 0 and reply.total_duration >= 0
     assert parts > 2 if stream else parts == 1
 

@@ -400,8 +400,10 @@ class _Client:
         self.generate = generate
         self.parse_request = parse_generate if generate else parse_chat
 
-    def head(self, req: c.Request) -> dict[str, Any]:
-        return {"model": req.model, "created_at": _created_at(req.now)}
+    def head(self, req: c.Request, model: str) -> dict[str, Any]:
+        """The fields every object starts with. `model` is the one that answered
+        (as with the other client formats, and as a passthrough reply has it)."""
+        return {"model": model or req.model, "created_at": _created_at(req.now)}
 
     def message(self, text: str, thinking: str = "", calls: list[c.ToolCall] | None = None) -> dict[str, Any]:
         """The reply fields of one object: `response` (generate) or `message` (chat)."""
@@ -418,11 +420,11 @@ class _Client:
         return {"message": message}
 
     def render_response(self, resp: c.Response, req: c.Request) -> dict[str, Any]:
-        body = {**self.head(req), **self.message(resp.text, _thinking(resp.content), resp.tool_calls)}
+        body = {**self.head(req, resp.model), **self.message(resp.text, _thinking(resp.content), resp.tool_calls)}
         return {**body, **_final(req, resp.usage, resp.stop_reason)}
 
     def Encoder(self, req: c.Request, model: str) -> _Encoder:  # noqa: N802 (the contract's name)
-        return _Encoder(self, req)
+        return _Encoder(self, req, model)
 
 
 class _Encoder:
@@ -432,10 +434,10 @@ class _Encoder:
 
     end_after_error = True  # Ollama's error line is the last line of a stream that ends normally
 
-    def __init__(self, client: _Client, req: c.Request) -> None:
+    def __init__(self, client: _Client, req: c.Request, model: str) -> None:
         self.client = client
         self.req = req
-        self.head = client.head(req)
+        self.head = client.head(req, model)
         self.calls: dict[int, c.ToolCall] = {}
         self.usage = c.Usage()
         self.stop_reason = "end_turn"
