@@ -279,7 +279,6 @@ def test_generate_with_suffix_is_refused_by_name(client, router):
     before = len(router.records)
     with pytest.raises(ollama.ResponseError) as caught:
         client.generate(model=MODEL["openai"], prompt="def f(", suffix="    return x")
-        # (a streamed request: the error comes before the first line)
     assert caught.value.status_code == 400 and "suffix" in caught.value.error
     assert one_record(router, before)["status"] == 400
 
