@@ -136,7 +136,8 @@ def format_event(event: dict[str, Any], color: bool = False) -> str | None:
     kind = event.get("type")
     if kind == "start":
         extra = "  (stream)" if event.get("stream") else ""
-        return c(DIM, f"{local_time(event.get('ts_ms'))}  ⋯  ") + c(BLUE, text(event.get("model"))) + c(DIM, f"  ({event.get('in_flight', 0)} in flight){extra}")
+        kind = f"  [{text(event['client_format'])}]" if event.get("client_format") else ""  # the API the client used
+        return c(DIM, f"{local_time(event.get('ts_ms'))}  ⋯  ") + c(BLUE, text(event.get("model"))) + c(DIM, f"{kind}  ({event.get('in_flight', 0)} in flight){extra}")
     if kind == "classified":
         tags = event.get("tags") or []
         return c(DIM, f"  → classified: [{', '.join(clean(t) for t in tags)}]") if tags else None
