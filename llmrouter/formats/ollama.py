@@ -16,6 +16,7 @@ from typing import Any
 
 from llmrouter import canonical as c
 from llmrouter import errors, sse
+from llmrouter.config import Provider
 from llmrouter.formats import Frame, UpstreamCall
 from llmrouter.formats import dumps as _dumps  # compact; lone surrogates stay escaped
 
@@ -67,7 +68,7 @@ def _messages(req: c.Request) -> list[dict[str, Any]]:
     return out
 
 
-def build_request(req: c.Request, model: str, provider: Any) -> UpstreamCall:
+def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCall:
     body: dict[str, Any] = {"model": model, "messages": _messages(req), "stream": req.stream}
     if req.tools and req.tool_choice != "none":
         body["tools"] = [
