@@ -16,7 +16,6 @@ import functools
 import itertools
 import json
 import math
-import random
 from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +49,13 @@ FORWARDED_HEADERS = ("anthropic-beta",)
 Pipeline = Generator[Command, Any, None]
 
 
+class _FirstDraw:
+    """The default rng (tests): the random rule's draws follow the candidates' order."""
+
+    def randrange(self, stop: int, /) -> int:
+        return 0
+
+
 def _counting_seeds() -> Callable[[], str]:
     """Deterministic id seeds (tests); app.py passes random ones."""
     count = itertools.count(1)
@@ -62,7 +68,7 @@ class Context:
 
     config: Config
     discovered: Mapping[str, Collection[str]] = field(default_factory=dict)
-    rng: random.Random = field(default_factory=random.Random)
+    rng: router.Rng = field(default_factory=_FirstDraw)
     clock_ms: Callable[[], int] = lambda: 0  # wall clock, epoch ms
     new_seed: Callable[[], str] = field(default_factory=_counting_seeds)  # a hex string, unique per request
     monotonic: Callable[[], float] = lambda: 0.0
