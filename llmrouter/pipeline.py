@@ -234,13 +234,13 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
         return
     if last_error is not None:
         raise last_error
-    if skipped:
-        wait = ctx.breakers.retry_in(skipped, ctx.monotonic())
-        raise errors.CircuitOpen(
-            f"provider(s) {', '.join(skipped)} failed repeatedly and are skipped for now; retry in {wait:.0f}s",
-            retry_after=breaker.retry_after_header(wait),
-        )
-    raise errors.NoRoute(f"no provider configured for model '{req.model}'", param="model")
+    # router.decisions yields a decision or raises NoRoute itself, and each
+    # decision was either tried (failing above) or skipped: all circuits open.
+    wait = ctx.breakers.retry_in(skipped, ctx.monotonic())
+    raise errors.CircuitOpen(
+        f"provider(s) {', '.join(skipped)} failed repeatedly and are skipped for now; retry in {wait:.0f}s",
+        retry_after=breaker.retry_after_header(wait),
+    )
 
 
 def _breaker_outcome(ctx: Context, name: str, status: int) -> Pipeline:
