@@ -5,8 +5,11 @@ is then sent, and replies rendered as Ollama objects and NDJSON lines."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llmrouter import canonical as c
 from llmrouter import errors
@@ -269,3 +272,10 @@ def test_stream_error_and_ping():
 
 def test_error_body():
     assert ollama_client.error_body(errors.NoRoute("model 'x' not found")) == {"error": "model 'x' not found"}
+
+
+@given(st.floats(min_value=0, max_value=2**35, allow_nan=False))
+def test_created_at_is_rfc3339_utc(now):
+    moment = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=round(now * 1_000_000))
+    expected = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert ollama_client._created_at(now) == expected

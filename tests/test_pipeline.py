@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from harness import make_config
-from llmrouter import errors, events
+from llmrouter import errors, events, formats
+from llmrouter.canonical import Request
 from llmrouter.commands import (
     AbortResponse,
     EndResponse,
@@ -21,7 +22,7 @@ from llmrouter.commands import (
     StartResponse,
     UpstreamHead,
 )
-from llmrouter.pipeline import Context, Exchange, handle
+from llmrouter.pipeline import CLIENT_FORMATS, UPSTREAM_FORMATS, Context, Exchange, handle
 
 CONFIG = """
 [[providers]]
@@ -257,3 +258,14 @@ def test_formats_get_the_time_and_ids_from_the_context_and_warnings_are_logged()
     assert reply["id"] == "resp_5eed1" and reply["created_at"] == 1  # clock_ms 1000
     assert reply["output"][0]["id"] == "msg_5eed2"
     assert Log("debug", "dropped built-in tool 'web_search'") in p.seen
+
+
+def test_every_format_module_fulfils_its_protocol():
+    """The pipeline knows formats only through formats.ClientFormat / UpstreamFormat."""
+    req = Request("m", [])
+    for module in CLIENT_FORMATS.values():
+        assert isinstance(module, formats.ClientFormat), module.__name__
+        assert isinstance(module.Encoder(req, "m"), formats.ClientEncoder), module.__name__
+    for module in UPSTREAM_FORMATS.values():
+        assert isinstance(module, formats.UpstreamFormat), module.__name__
+        assert isinstance(module.Decoder(req), formats.UpstreamDecoder), module.__name__

@@ -17,6 +17,7 @@ from typing import Any
 
 from llmrouter import canonical as c
 from llmrouter import errors, sse
+from llmrouter.config import Provider
 from llmrouter.formats import Frame, UpstreamCall, forwardable_body, passthrough
 from llmrouter.formats import dumps as _dumps  # compact; lone surrogates stay escaped
 
@@ -387,6 +388,8 @@ class Encoder:
     none), done (after finish() or error(): nothing more is written).
     """
 
+    end_after_error = False  # clients wait for message_stop: the body is cut short
+
     def __init__(self, req: c.Request, model: str) -> None:
         self.req = req
         self.model = model or req.model
@@ -583,7 +586,7 @@ def _body(req: c.Request, model: str) -> dict[str, Any]:
     return body
 
 
-def build_request(req: c.Request, model: str, provider: Any) -> UpstreamCall:
+def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCall:
     fmt = req.response_format or {}
     if fmt.get("type") == "json_object" and fmt.get("strict"):
         # Anthropic has no schemaless JSON mode; a client that insists (Ollama's

@@ -17,6 +17,7 @@ from typing import Any
 
 from llmrouter import canonical as c
 from llmrouter import errors, sse
+from llmrouter.config import Provider
 from llmrouter.formats import Frame, UpstreamCall, forwardable_body, passthrough
 from llmrouter.formats import dumps as _dumps  # compact; lone surrogates stay escaped
 
@@ -68,7 +69,7 @@ def _messages(req: c.Request) -> list[dict[str, Any]]:
     return out
 
 
-def build_request(req: c.Request, model: str, provider: Any) -> UpstreamCall:
+def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCall:
     body = forwardable_body(req, model) if passthrough(req, "ollama") else _body(req, model)
     headers = {"content-type": "application/json"}
     if provider.api_key:

@@ -361,6 +361,8 @@ def error_body(err: errors.RouterError) -> dict[str, Any]:
 class Encoder:
     """Canonical stream events as chat.completion.chunk SSE frames."""
 
+    end_after_error = False  # an error chunk is no terminal event: the body is cut short
+
     def __init__(self, req: c.Request, model: str) -> None:
         self._req = req
         self._include_usage = req.include_usage
