@@ -38,7 +38,7 @@ CHAT_ROUTES = {
     "/v1/messages": "anthropic",
     "/v1/responses": "responses",
     "/api/chat": "ollama",
-    "/api/generate": "ollama_generate",
+    "/api/generate": "ollama-generate",
 }
 GET_ROUTES = ("/health", "/v1/models", "/dashboard", "/dashboard/events")
 KEEPALIVE_EVERY = 15.0

@@ -43,7 +43,7 @@ CLIENT_FORMATS: dict[str, formats.ClientFormat] = {
     "anthropic": anthropic,
     "responses": responses,
     "ollama": ollama_client.CHAT,
-    "ollama_generate": ollama_client.GENERATE,
+    "ollama-generate": ollama_client.GENERATE,
 }
 UPSTREAM_FORMATS: dict[str, formats.UpstreamFormat] = {"openai": openai, "anthropic": anthropic, "ollama": ollama}
 

@@ -148,7 +148,7 @@ def test_bad_chat_fields_name_the_field(fields, param):
 
 def test_generate_is_a_one_turn_request():
     req = GENERATE.parse_request({"model": "m", "prompt": "why?", "system": "short", "images": [PNG], "options": {"seed": 1}})
-    assert req.client_format == "ollama_generate" and req.stream is True and req.system == "short"
+    assert req.client_format == "ollama-generate" and req.stream is True and req.system == "short"
     assert req.messages == [c.Message("user", [c.Text("why?"), c.Image("image/png", PNG)])]
     assert req.extras["openai"] == {"seed": 1}
 

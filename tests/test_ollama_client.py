@@ -272,7 +272,7 @@ def test_generate(client, router, fakes, upstream, stream):
     system = body["system"] if upstream == "anthropic" else body["messages"][0]["content"]
     assert system == "be brief"
     record = one_record(router, before)
-    assert (record["client_format"], record["status"], record["stream"]) == ("ollama_generate", 200, stream)
+    assert (record["client_format"], record["status"], record["stream"]) == ("ollama-generate", 200, stream)
 
 
 def test_generate_with_suffix_is_refused_by_name(client, router):
@@ -383,7 +383,7 @@ def test_bad_requests_get_ollama_errors_and_one_record(router, path, body, statu
     error = json.loads(payload)
     assert got == status and list(error) == ["error"] and needle in error["error"]
     record = one_record(router, before)
-    assert record["status"] == status and record["client_format"] in ("ollama", "ollama_generate")
+    assert record["status"] == status and record["client_format"] in ("ollama", "ollama-generate")
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Ollama's own client API, client side: POST /api/chat and POST /api/generate. Pure.
 
 Two client formats share this module: `CHAT` ("ollama", /api/chat) and
-`GENERATE` ("ollama_generate", /api/generate, a one-turn request). Each
+`GENERATE` ("ollama-generate", /api/generate, a one-turn request). Each
 exposes the client contract of llmrouter.formats (parse_request,
 render_response, error_body, Encoder). The upstream side of Ollama lives in
 formats/ollama.py; the mapping tables in docs/formats.md.
@@ -335,7 +335,7 @@ def parse_generate(body: object) -> c.Request:
         raise _bad("prompt", "a non-empty string (llmrouter does not load or unload models)")
     images = _images(body.get("images"), "images")
     messages = [c.Message("user", [c.Text(prompt), *images])]
-    return _request(body, model, stream, _string(body, "system", "system") or None, messages, "ollama_generate", _GENERATE_FIELDS, [])
+    return _request(body, model, stream, _string(body, "system", "system") or None, messages, "ollama-generate", _GENERATE_FIELDS, [])
 
 
 # --- writing -------------------------------------------------------------------------
@@ -508,4 +508,4 @@ class _Encoder:
 
 
 CHAT = _Client("ollama", generate=False)
-GENERATE = _Client("ollama_generate", generate=True)
+GENERATE = _Client("ollama-generate", generate=True)
