@@ -248,7 +248,7 @@ class App:
 
     def render_failure(self, failure: ProtocolFailure) -> tuple[list[tuple[str, str]], bytes]:
         err = _status_error(failure.status, failure.message)
-        client_format = "anthropic" if failure.path.startswith("/v1/messages") else "ollama" if is_ollama_path(failure.path) else "openai"
+        client_format = "anthropic" if failure.path.startswith("/v1/messages") else "ollama" if failure.path.startswith("/api/") else "openai"
         return [("content-type", "application/json")], json.dumps(CLIENT_FORMATS[client_format].error_body(err)).encode()
 
 

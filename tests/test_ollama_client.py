@@ -405,3 +405,13 @@ def test_wrong_methods_and_unknown_paths(router):
     assert status == 405 and "error" in json.loads(payload)
     status, _, payload = raw(router, "GET", "/api/nothing")
     assert status == 404 and "error" in json.loads(payload)
+
+
+def test_a_refused_oversized_body_is_an_ollama_error(router):
+    head = f"POST /api/chat HTTP/1.1\r\nhost: 127.0.0.1:{router.port}\r\ncontent-type: application/json\r\ncontent-length: {2**40}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 413") and "larger than" in json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]
