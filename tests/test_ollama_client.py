@@ -356,8 +356,11 @@ def test_probes(router):
 
 
 def test_stream_is_ndjson_with_router_headers(router):
+    """No `stream` field: Ollama's default, a stream (the log says so too)."""
     body = json.dumps({"model": MODEL["openai"], "messages": [{"role": "user", "content": "a b"}]}).encode()
+    before = len(router.records)
     status, headers, payload = raw(router, "POST", "/api/chat", body)
+    assert one_record(router, before)["stream"] is True
     assert status == 200 and headers["content-type"] == "application/x-ndjson"
     assert headers["x-router-provider"] == "oa" and headers["x-router-model"] == "gpt-x"
     lines = [json.loads(line) for line in payload.splitlines()]
