@@ -32,7 +32,6 @@ from llmrouter.formats import dumps
 STREAM_CONTENT_TYPE = "application/x-ndjson"
 STREAMS_BY_DEFAULT = True
 
-# Options with a canonical field (the rest ride in extras, see the docstring).
 _THINK_LEVELS = ("low", "medium", "high", "max")
 # think -> Anthropic thinking budget (tokens) and OpenAI reasoning_effort.
 _THINK_BUDGET = {"low": 1024, "medium": 4096, "high": 16384, "max": 32000}
@@ -261,11 +260,6 @@ def _think(body: dict[str, Any], extras: dict[str, Any]) -> None:
     extras.setdefault("openai", {})["reasoning_effort"] = _REASONING_EFFORT[level]
 
 
-def _ollama_extras(body: dict[str, Any], translated: frozenset[str]) -> dict[str, Any]:
-    """Every field an Ollama upstream understands but the canonical model does not."""
-    return {k: v for k, v in body.items() if k not in translated}
-
-
 def _plugins(body: dict[str, Any]) -> list[dict[str, Any]]:
     items = _get(body, "plugins", lambda v: isinstance(v, list), "an array", "plugins") or []
     for i, item in enumerate(items):
@@ -290,7 +284,8 @@ def _request(body: dict[str, Any], model: str, stream: bool, system: str | None,
     extras: dict[str, Any] = {}
     options = _options(body, extras)
     _think(body, extras)
-    extras["ollama"] = _ollama_extras(body, translated)
+    # Every field an Ollama upstream understands but the canonical model does not.
+    extras["ollama"] = {k: v for k, v in body.items() if k not in translated}
     return c.Request(
         model=model,
         messages=messages,
@@ -408,8 +403,7 @@ class _Client:
     STREAMS_BY_DEFAULT = STREAMS_BY_DEFAULT
     error_body = staticmethod(error_body)
 
-    def __init__(self, name: str, generate: bool) -> None:
-        self.name = name
+    def __init__(self, generate: bool) -> None:
         self.generate = generate
         self.parse_request = parse_generate if generate else parse_chat
 
@@ -507,5 +501,5 @@ class _Encoder:
         return b"" if self.done else self._line({**self.client.message(""), "done": False})
 
 
-CHAT = _Client("ollama", generate=False)
-GENERATE = _Client("ollama-generate", generate=True)
+CHAT = _Client(generate=False)  # client format "ollama"
+GENERATE = _Client(generate=True)  # client format "ollama-generate"
