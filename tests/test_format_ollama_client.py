@@ -137,13 +137,15 @@ def test_format_and_think():
         ({"format": "yaml"}, "format"),
         ({"think": "very"}, "think"),
         ({"keep_alive": True}, "keep_alive"),
-        ({"tools": [{"type": "function"}]}, "tools[0]"),
+        ({"tools": [{"type": "function"}]}, "tools[0].function"),
     ],
 )
 def test_bad_chat_fields_name_the_field(fields, param):
     with pytest.raises(errors.BadRequest) as caught:
         chat(**fields)
     assert caught.value.param == param and caught.value.status == 400
+    # One message style for every client format (formats/validate.py).
+    assert caught.value.message.startswith((f"{param} must be ", f"{param} is required")), caught.value.message
 
 
 def test_generate_is_a_one_turn_request():

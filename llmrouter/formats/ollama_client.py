@@ -28,6 +28,7 @@ from typing import Any
 from llmrouter import canonical as c
 from llmrouter import errors
 from llmrouter.formats import dumps
+from llmrouter.formats.validate import bad, body_object, object_at, parse_plugins, take
 
 STREAM_CONTENT_TYPE = "application/x-ndjson"
 STREAMS_BY_DEFAULT = True
@@ -44,73 +45,37 @@ _IMAGE_MAGIC = (("iVBORw0KGgo", "image/png"), ("/9j/", "image/jpeg"), ("R0lGOD",
 # --- reading -------------------------------------------------------------------------
 
 
-def _bad(param: str, expected: str) -> errors.BadRequest:
-    return errors.BadRequest(f"{param} must be {expected}", param=param)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _get(obj: dict[str, Any], key: str, check: Any, expected: str, param: str) -> Any:
-    """obj[key] when present and of the right kind; None when absent or null."""
-    value = obj.get(key)
-    if value is not None and not check(value):
-        raise _bad(param, expected)
-    return value
-
-
-def _string(obj: dict[str, Any], key: str, param: str) -> str | None:
-    return _get(obj, key, lambda v: isinstance(v, str), "a string", param)
-
-
 def _media_type(data: str) -> str:
     return next((kind for magic, kind in _IMAGE_MAGIC if data.startswith(magic)), "image/png")
 
 
-def _images(value: object, param: str) -> list[c.Image]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _bad(param, "an array of base64 strings")
+def _images(obj: dict[str, Any], path: str = "") -> list[c.Image]:
     out = []
-    for data in value:
+    for data in take(obj, "images", "strings", path) or []:
         if data.startswith("data:"):  # lenient: a data URL instead of bare base64
             data = data.partition(",")[2]
         out.append(c.Image(media_type=_media_type(data), data=data))
     return out
 
 
-def _arguments(value: object, param: str) -> str:
+def _arguments(value: object, path: str) -> str:
     if value is None:
         return "{}"
     if isinstance(value, dict):
         return dumps(value)
     if isinstance(value, str):  # lenient: JSON text instead of an object
         return value
-    raise _bad(param, "an object")
+    raise bad(path, "an object")
 
 
-def _tool_calls(value: object, index: int, param: str) -> list[c.ToolCall]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _bad(param, "an array")
+def _tool_calls(message: dict[str, Any], index: int, path: str) -> list[c.ToolCall]:
     calls = []
-    for j, item in enumerate(value):
-        where = f"{param}[{j}]"
-        if not isinstance(item, dict) or not isinstance(item.get("function"), dict):
-            raise _bad(where, "an object with a function object")
-        fn = item["function"]
-        name = fn.get("name")
-        if not isinstance(name, str) or not name:
-            raise _bad(f"{where}.function.name", "a non-empty string")
-        call_id = _string(item, "id", f"{where}.id") or f"call_{index}_{j}"
-        calls.append(c.ToolCall(call_id, name, _arguments(fn.get("arguments"), f"{where}.function.arguments")))
+    for j, item in enumerate(take(message, "tool_calls", "array", path) or []):
+        at = f"{path}.tool_calls[{j}]"
+        fn = take(object_at(item, at), "function", "object", at, required=True)
+        name = take(fn, "name", "name", f"{at}.function", required=True)
+        call_id = take(item, "id", "string", at) or f"call_{index}_{j}"
+        calls.append(c.ToolCall(call_id, name, _arguments(fn.get("arguments"), f"{at}.function.arguments")))
     return calls
 
 
@@ -141,30 +106,29 @@ def _tool_result(messages: list[c.Message], result: c.ToolResult) -> None:
         messages.append(c.Message("user", [result]))
 
 
-def _messages(items: object) -> tuple[str | None, list[c.Message]]:
-    if not isinstance(items, list) or not items:
-        raise _bad("messages", "a non-empty array")
+def _messages(body: dict[str, Any]) -> tuple[str | None, list[c.Message]]:
+    items = take(body, "messages", "array", required=True)
+    if not items:
+        raise bad("messages", "a non-empty array")
     systems: list[str] = []
     messages: list[c.Message] = []
     pending = _Pending([])
     for i, item in enumerate(items):
-        param = f"messages[{i}]"
-        if not isinstance(item, dict):
-            raise _bad(param, "an object")
-        role = item.get("role")
-        text = _string(item, "content", f"{param}.content") or ""
-        images = _images(item.get("images"), f"{param}.images")
+        path = f"messages[{i}]"
+        role = take(object_at(item, path), "role", "string", path, required=True)
+        text = take(item, "content", "string", path) or ""
+        images = _images(item, path)
         if role == "system":
             systems.append(text)
         elif role == "user":
             messages.append(c.Message("user", [*([c.Text(text)] if text or not images else []), *images]))
         elif role == "assistant":
-            calls = _tool_calls(item.get("tool_calls"), i, f"{param}.tool_calls")
+            calls = _tool_calls(item, i, path)
             pending = _Pending(list(calls))
             messages.append(c.Message("assistant", [*([c.Text(text)] if text or not calls else []), *calls]))
         elif role == "tool":
-            name = _string(item, "tool_name", f"{param}.tool_name")
-            call = pending.answer(_string(item, "tool_call_id", f"{param}.tool_call_id"), name)
+            name = take(item, "tool_name", "string", path)
+            call = pending.answer(take(item, "tool_call_id", "string", path), name)
             if call is None:
                 # No call to pair it with: upstreams refuse orphan results, so it goes as text.
                 label = f"Result of tool {name}" if name else "Tool result"
@@ -172,27 +136,18 @@ def _messages(items: object) -> tuple[str | None, list[c.Message]]:
             else:
                 _tool_result(messages, c.ToolResult(call.id, [*([c.Text(text)] if text else []), *images]))
         else:
-            raise _bad(f"{param}.role", "one of system, user, assistant, tool")
+            raise bad(f"{path}.role", "one of system, user, assistant, tool")
     return ("\n\n".join(systems) if systems else None), messages
 
 
-def _tools(value: object) -> list[c.Tool]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _bad("tools", "an array")
+def _tools(body: dict[str, Any]) -> list[c.Tool]:
     tools = []
-    for i, item in enumerate(value):
-        param = f"tools[{i}]"
-        fn = item.get("function") if isinstance(item, dict) else None
-        if not isinstance(fn, dict):
-            raise _bad(param, "an object with a function object")
-        name = fn.get("name")
-        if not isinstance(name, str) or not name:
-            raise _bad(f"{param}.function.name", "a non-empty string")
-        description = _string(fn, "description", f"{param}.function.description")
-        parameters = _get(fn, "parameters", lambda v: isinstance(v, dict), "an object", f"{param}.function.parameters")
-        tools.append(c.Tool(name, description, parameters or {"type": "object", "properties": {}}))
+    for i, item in enumerate(take(body, "tools", "array") or []):
+        path = f"tools[{i}]"
+        fn = take(object_at(item, path), "function", "object", path, required=True)
+        at = f"{path}.function"
+        parameters = take(fn, "parameters", "object", at) or {"type": "object", "properties": {}}
+        tools.append(c.Tool(take(fn, "name", "name", at, required=True), take(fn, "description", "string", at), parameters))
     return tools
 
 
@@ -205,7 +160,7 @@ def _response_format(value: object) -> dict[str, Any] | None:
         return {"type": "json_object", "strict": True}
     if isinstance(value, dict):
         return {"type": "json_schema", "name": "response", "schema": value, "strict": True}
-    raise _bad("format", '"json" or a JSON schema object')
+    raise bad("format", '"json" or a JSON schema object')
 
 
 @dataclass
@@ -219,27 +174,27 @@ class _Options:
 
 
 def _options(body: dict[str, Any], extras: dict[str, Any]) -> _Options:
-    options = _get(body, "options", lambda v: isinstance(v, dict), "an object", "options") or {}
+    options = take(body, "options", "object") or {}
     out = _Options(
-        temperature=_get(options, "temperature", _is_number, "a number", "options.temperature"),
-        top_p=_get(options, "top_p", _is_number, "a number", "options.top_p"),
+        temperature=take(options, "temperature", "number", "options"),
+        top_p=take(options, "top_p", "number", "options"),
     )
-    num_predict = _get(options, "num_predict", _is_int, "an integer", "options.num_predict")
+    num_predict = take(options, "num_predict", "integer", "options")
     if num_predict is not None and num_predict > 0:  # -1 (no limit) and -2 (fill the context) set none
         out.max_tokens = num_predict
     stop = options.get("stop")
     if isinstance(stop, str):
         stop = [stop]
     if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        raise _bad("options.stop", "a string or an array of strings")
+        raise bad("options.stop", "a string or an array of strings")
     out.stop = stop
-    top_k = _get(options, "top_k", _is_int, "an integer", "options.top_k")
-    seed = _get(options, "seed", _is_int, "an integer", "options.seed")
+    top_k = take(options, "top_k", "integer", "options")
+    seed = take(options, "seed", "integer", "options")
     openai: dict[str, Any] = {}
     if seed is not None:
         openai["seed"] = seed
     for key in ("frequency_penalty", "presence_penalty"):
-        value = _get(options, key, _is_number, "a number", f"options.{key}")
+        value = take(options, key, "number", "options")
         if value is not None:
             openai[key] = value
     if openai:
@@ -254,28 +209,19 @@ def _think(body: dict[str, Any], extras: dict[str, Any]) -> None:
     if think is None or think is False:
         return
     if think is not True and think not in _THINK_LEVELS:
-        raise _bad("think", 'a boolean or one of "low", "medium", "high", "max"')
+        raise bad("think", 'a boolean or one of "low", "medium", "high", "max"')
     level = "medium" if think is True else think
     extras.setdefault("anthropic", {})["thinking"] = {"type": "enabled", "budget_tokens": _THINK_BUDGET[level]}
     extras.setdefault("openai", {})["reasoning_effort"] = _REASONING_EFFORT[level]
 
 
-def _plugins(body: dict[str, Any]) -> list[dict[str, Any]]:
-    items = _get(body, "plugins", lambda v: isinstance(v, list), "an array", "plugins") or []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
-            raise _bad(f"plugins[{i}]", "an object with a string id")
-    return [dict(item) for item in items]
-
-
-def _common(body: object) -> tuple[dict[str, Any], str, bool]:
-    if not isinstance(body, dict):
-        raise errors.BadRequest("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("model", "a non-empty string")
-    stream = _get(body, "stream", lambda v: isinstance(v, bool), "a boolean", "stream")
-    _get(body, "keep_alive", lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool), "a duration string or a number of seconds", "keep_alive")
+def _common(value: object) -> tuple[dict[str, Any], str, bool]:
+    body = body_object(value)
+    model = take(body, "model", "name", required=True)
+    stream = take(body, "stream", "boolean")
+    keep_alive = body.get("keep_alive")
+    if keep_alive is not None and (isinstance(keep_alive, bool) or not isinstance(keep_alive, (str, int, float))):
+        raise bad("keep_alive", "a duration string or a number of seconds")
     return body, model, stream is not False
 
 
@@ -297,7 +243,7 @@ def _request(body: dict[str, Any], model: str, stream: bool, system: str | None,
         stop=list(options.stop or []),
         stream=stream,
         response_format=_response_format(body.get("format")),
-        plugins=_plugins(body),
+        plugins=parse_plugins(body),
         extras=extras,
         client_format=client_format,
         raw=body,
@@ -311,26 +257,25 @@ _GENERATE_FIELDS = frozenset(("model", "prompt", "system", "images", "stream", "
 
 def parse_chat(body: object) -> c.Request:
     body, model, stream = _common(body)
-    system, messages = _messages(body.get("messages"))
-    return _request(body, model, stream, system, messages, "ollama", _CHAT_FIELDS, _tools(body.get("tools")))
+    system, messages = _messages(body)
+    return _request(body, model, stream, system, messages, "ollama", _CHAT_FIELDS, _tools(body))
 
 
 def parse_generate(body: object) -> c.Request:
     body, model, stream = _common(body)
     if body.get("suffix"):
-        raise errors.BadRequest("suffix: fill-in-the-middle is not supported by llmrouter's /api/generate yet", param="suffix")
+        raise errors.BadRequest("suffix (fill-in-the-middle) is not supported by llmrouter's /api/generate yet", param="suffix")
     if body.get("raw") is True:
-        raise errors.BadRequest("raw: raw prompts are not supported by llmrouter; send the prompt without raw", param="raw")
+        raise errors.BadRequest("raw is not supported by llmrouter: send the prompt without raw", param="raw")
     if body.get("context"):
-        raise errors.BadRequest("context: conversation context arrays are not supported by llmrouter; use /api/chat", param="context")
+        raise errors.BadRequest("context (a deprecated token array) is not supported by llmrouter: use /api/chat for conversations", param="context")
     if body.get("template"):
-        raise errors.BadRequest("template: prompt templates are not supported by llmrouter", param="template")
-    prompt = _string(body, "prompt", "prompt")
+        raise errors.BadRequest("template is not supported by llmrouter: the upstream applies its own", param="template")
+    prompt = take(body, "prompt", "string")
     if not prompt:
-        raise _bad("prompt", "a non-empty string (llmrouter does not load or unload models)")
-    images = _images(body.get("images"), "images")
-    messages = [c.Message("user", [c.Text(prompt), *images])]
-    return _request(body, model, stream, _string(body, "system", "system") or None, messages, "ollama-generate", _GENERATE_FIELDS, [])
+        raise bad("prompt", "a non-empty string (llmrouter does not load or unload models)")
+    messages = [c.Message("user", [c.Text(prompt), *_images(body)])]
+    return _request(body, model, stream, take(body, "system", "string") or None, messages, "ollama-generate", _GENERATE_FIELDS, [])
 
 
 # --- writing -------------------------------------------------------------------------
