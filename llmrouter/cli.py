@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A fast, local-first LLM router. With no command, `serve` is assumed: "
         "`llmrouter [CONFIG]` serves the given config (default ./config.toml, else the built-in default).",
     )
-    parser.add_argument("--version", action="version", version=f"llmrouter {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the versions this runs with, and from where")
     parser.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
@@ -53,6 +53,40 @@ def _add_view_parsers(sub) -> None:
     tui = sub.add_parser("tui", help="full-screen live view with stats and a chat client")
     tui.add_argument("url", nargs="?", default=DEFAULT_URL, help=url_help)
     tui.add_argument("--model", default=DEFAULT_MODEL, help=f"the chat's first model (default {DEFAULT_MODEL}; `:model NAME` changes it)")
+
+
+class _Version(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[no-untyped-def]
+        print(version_text())
+        parser.exit()
+
+
+def version_text() -> str:
+    """llmrouter's version, the dependencies it imports, Python, and whether it
+    runs from a single file (scripts/build_pyz.py) or an installed package."""
+    import zipimport
+    from importlib import metadata
+
+    import llmrouter
+
+    names = ["h11", "anyio", "httpcore", "certifi"] + (["tomli"] if sys.version_info < (3, 11) else [])
+    versions = []
+    for name in names:
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{name} (not found)")
+    package = os.path.dirname(llmrouter.__file__)
+    if isinstance(llmrouter.__spec__.loader, zipimport.zipimporter):
+        origin = f"single file {os.path.dirname(package)} (zipapp)"
+    else:
+        origin = f"package {package}"
+    return "\n".join([
+        f"llmrouter {__version__}",
+        ", ".join(versions),
+        f"Python {sys.version.split()[0]} ({sys.executable})",
+        f"running from the {origin}",
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
