@@ -10,7 +10,7 @@ import sys
 
 from llmrouter import __version__
 
-COMMANDS = ("serve", "check", "watch", "tui")
+COMMANDS = ("serve", "check", "init", "watch", "tui")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="override server.port")
     check = sub.add_parser("check", help="validate a config and print what it means")
     check.add_argument("config", nargs="?", help="config file (default ./config.toml, else the built-in default)")
+    init = sub.add_parser("init", help="write a config for what runs on this host (asks 127.0.0.1 only)")
+    init.add_argument("path", nargs="?", help="where to write it (default ./config.toml)")
+    init.add_argument("--force", action="store_true", help="replace the file if it exists")
+    init.add_argument("--port", action="append", default=[], metavar="SERVER=PORT",
+                      help="look for a local server on another port: llama.cpp, ollama, vllm or lmstudio (repeatable)")
     _add_view_parsers(sub)
     return parser
 
@@ -115,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("llmrouter").info("loaded %d variable(s) from .env: %s", len(loaded), ", ".join(loaded))
     if args.command == "check":
         return check(args.config)
+    if args.command == "init":
+        from llmrouter import init
+
+        return init.run(args.path, args.force, args.port)
     if args.command == "watch":
         from llmrouter import watch
 
