@@ -43,11 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The views' defaults, written out so that building the parser (for `serve`
+# too) imports neither watch nor tui; tests/test_footprint.py checks they match.
+DEFAULT_URL = "http://127.0.0.1:8090"
+API_KEY_ENV = "LLMROUTER_API_KEY"
+DEFAULT_MODEL = "llama3.1:8b"
+
+
 def _add_view_parsers(sub) -> None:
     """`watch` and `tui`: clients of a running router's event feed (they read no config)."""
-    from llmrouter.tui_state import DEFAULT_MODEL
-    from llmrouter.watch import API_KEY_ENV, DEFAULT_URL
-
     url_help = f"the router's address (default {DEFAULT_URL}); sends ${API_KEY_ENV} as the key when set"
     watch = sub.add_parser("watch", help="print every request's lifecycle as it happens")
     watch.add_argument("url", nargs="?", default=DEFAULT_URL, help=url_help)
