@@ -5,6 +5,7 @@ site-packages at all, so everything it imports comes from the archive."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -166,3 +167,32 @@ def test_python_3_10_runs_it_or_is_told_what_it_needs(pyz, tmp_path):
     assert re.search(r"tomli [\d.]+", result.stdout)
     checked = pyz.run("check", python=python310, cwd=tmp_path)
     assert checked.returncode == 0 and "<built-in default>" in checked.stdout, checked.stderr
+
+
+def builder():
+    spec = importlib.util.spec_from_file_location("build_pyz", ROOT / "scripts" / "build_pyz.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_builder_reads_requirements_versions_and_markers():
+    b = builder()
+    assert b.parse_requirement("tomli>=2; python_version < '3.11'") == ("tomli", ">=2", "python_version < '3.11'")
+    assert b.parse_requirement("Typing_Extensions (>=4.5)") == ("typing-extensions", ">=4.5", None)
+    assert b.version_matches("1.0.9", ">=1.0.9,<2") and not b.version_matches("0.14.0", ">=0.16")
+    assert b.version_matches("4.16.0", "~=4.4") and not b.version_matches("5.0", "~=4.4")
+    assert b.version_matches("2.5.0", "==2.*") and b.version_matches("3.10", "<3.11") and not b.version_matches("3.11", "<3.11")
+    assert b.marker_holds('python_version < "3.11"', 10) and not b.marker_holds('python_version < "3.11"', 11)
+    assert not b.marker_holds('extra == "trio"', 10)
+    assert b.marker_holds('(python_version >= "3.12" and extra == "x") or python_version < "3.13"', 12)
+    with pytest.raises(b.BuildError, match="unknown marker variable"):
+        b.marker_holds('platform_release == "6"', 11)
+
+
+def test_the_builder_refuses_an_installed_version_outside_a_range():
+    b = builder()
+    with pytest.raises(b.BuildError, match=r"h11 [\d.]+ is installed, but pyproject.toml requires h11>=99"):
+        b.resolve(["h11>=99", "anyio>=4.4"])
+    dists, lowest, _ = b.resolve(["httpcore>=1.0.9"])
+    assert {"httpcore", "h11", "certifi"} <= {b.normalize(d.name) for d in dists} and lowest >= 10
