@@ -1,4 +1,4 @@
-"""Command line: `llmrouter [serve] [CONFIG]`, `llmrouter check [CONFIG]`, and the live views."""
+"""Command line: `llmrouter [serve] [CONFIG]`, `llmrouter check [CONFIG]`, `llmrouter init`, and the live views."""
 
 from __future__ import annotations
 

@@ -196,3 +196,14 @@ def test_the_builder_refuses_an_installed_version_outside_a_range():
         b.resolve(["h11>=99", "anyio>=4.4"])
     dists, lowest, _ = b.resolve(["httpcore>=1.0.9"])
     assert {"httpcore", "h11", "certifi"} <= {b.normalize(d.name) for d in dists} and lowest >= 10
+
+
+def test_init_from_the_single_file_writes_a_config_it_accepts(pyz, tmp_path):
+    from test_watch import free_port
+
+    closed = free_port()
+    result = pyz.run("init", *(f"--port={key}={closed}" for key in ("llama.cpp", "ollama", "vllm", "lmstudio")), cwd=tmp_path)
+    assert result.returncode == 0 and "wrote config.toml" in result.stdout, result.stderr
+    assert (tmp_path / "config.toml").read_text().startswith("# llmrouter configuration, written by `llmrouter init`")
+    checked = pyz.run("check", cwd=tmp_path)
+    assert checked.returncode == 0 and "config: config.toml" in checked.stdout, checked.stderr
