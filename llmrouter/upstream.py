@@ -331,7 +331,10 @@ class _Pool:
         try:
             if self.tls:
                 if self._ssl_context is None:
-                    self._ssl_context = tls_context(self.ca_bundle)
+                    try:
+                        self._ssl_context = tls_context(self.ca_bundle)
+                    except OSError as exc:  # ca_bundle removed or broken since startup (ssl.SSLError is an OSError)
+                        raise httpcore.ConnectError(f"cannot load ca_bundle {self.ca_bundle}: {exc}") from exc
                 backend = _TLSBackend()
                 http = httpcore.AsyncHTTPConnection(
                     self.origin, ssl_context=self._ssl_context, keepalive_expiry=KEEPALIVE_EXPIRY,

@@ -588,5 +588,10 @@ async def test_ca_bundle_trusts_a_private_ca(tmp_path) -> None:  # type: ignore[
         assert "certificate verify failed" in str(caught.value)
         assert await fetch(upstreams, private) == OK_BODY
         assert [body for _, body in server.requests] == [CALL.body]
+        # A bundle that went away after startup fails the provider (so it can fall back), not the router.
+        ca.ca.unlink()
+        gone = Provider(name="gone", format="openai", base_url=plain.base_url, ca_bundle=str(ca.ca))
+        with pytest.raises(errors.UpstreamConnectError, match="cannot load ca_bundle"):
+            await upstreams.open(gone, CALL)
         await upstreams.aclose()
         tg.cancel_scope.cancel()
