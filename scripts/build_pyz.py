@@ -13,7 +13,9 @@ installed version. The archive holds source only: no tests, no .pth file,
 no byte-code, no compiled extension; each dependency keeps its license
 files and a METADATA trimmed to its headers (so `--version` can name it).
 The same inputs give the same bytes: sorted names, fixed timestamps and
-modes. Prints the size and the sha256. docs/install.md describes its use.
+modes (which is why it is written with zipfile, in the format of the
+standard library's zipapp: zipapp.create_archive takes both from the file
+system). Prints the size and the sha256. docs/install.md describes its use.
 """
 
 from __future__ import annotations
