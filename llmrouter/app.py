@@ -202,7 +202,8 @@ class App:
             "discovered": {k: sorted(v) for k, v in self.discovery.models.items()},
             "events": self.bus.statistics(),
             "breakers": self.ctx.breakers.snapshot([p.name for p in self.config.providers], self.ctx.monotonic()),
-            "measurements": self.measurements.to_json(),
+            # Model names come from clients: only where the feed is open too (no client key).
+            "measurements": self.measurements.to_json(per_model=not self.config.server.api_key),
         }
         await writer.respond(200, [("content-type", "application/json")], json.dumps(body).encode())
 

@@ -134,11 +134,12 @@ class Measurements:
             changed.append(name)
         return list(dict.fromkeys(changed))
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            name: {**stats.to_json(), "models": {m: s.to_json() for m, s in stats.models.items()}}
-            for name, stats in self.providers.items()
-        }
+    def to_json(self, per_model: bool = True) -> dict[str, Any]:
+        out = {name: stats.to_json() for name, stats in self.providers.items()}
+        if per_model:
+            for name, stats in self.providers.items():
+                out[name]["models"] = {m: s.to_json() for m, s in stats.models.items()}
+        return out
 
 
 def _round(value: float | None) -> float | None:

@@ -145,6 +145,13 @@ def test_metrics_need_the_client_key_and_the_host_guard_applies():
             assert scrape(router, {"authorization": "Bearer nope"}).status == 401
             assert scrape(router, {"origin": "http://evil.example"}).status == 403
             assert scrape(router, {"x-api-key": "sekrit"}).status == 200
+            openai.OpenAI(base_url=router.url + "/v1", api_key="sekrit", max_retries=0).chat.completions.create(
+                model="m-private", messages=[{"role": "user", "content": "hi"}])
+            router.wait_records(1)
+            with httpcore.ConnectionPool() as pool:  # /health needs no key: it names no client's model
+                health = json.loads(pool.request("GET", router.url + "/health?verbose").content)
+            assert health["measurements"]["up"]["samples"] == 1 and "models" not in health["measurements"]["up"]
+            assert b"m-private" not in json.dumps(health).encode()
 
 
 def test_model_names_are_labels_only_when_asked_and_are_escaped():

@@ -193,10 +193,16 @@ def test_measured_latency_rule_moves_to_the_faster_provider_once_both_are_measur
         with running_router(two_fakes_config(slow.url, fast.url, 'type = "latency"\nmeasured = true')) as router:
             used = [chat(router, "m", stream=True).headers["x-router-provider"] for _ in range(4)]
             assert used == ["slow", "fast", "fast", "fast"]  # each measured once, then the fastest
+            router.wait_records(4)
             figures = verbose_health(router)["measurements"]
             assert figures["slow"]["samples"] == 1 and figures["fast"]["samples"] == 3
             assert figures["slow"]["ttft_ms"] > figures["fast"]["ttft_ms"]
             assert figures["fast"]["models"]["m"]["samples"] == 3
+            # The live views get the same figures from `measured` events, one after each request.
+            measured = [e for e in router.events if e["type"] == "measured"]
+            assert [e["provider"] for e in measured] == used
+            assert {k: v for k, v in measured[-1].items() if k not in ("type", "v", "ts_ms", "provider")} == {
+                k: v for k, v in figures["fast"].items() if k != "models"}
 
 
 def test_measured_throughput_rule_and_its_fallback_follow_the_live_ranking():

@@ -228,7 +228,7 @@ def test_watch_prints_requests_survives_a_restart_and_stops_on_ctrl_c():
                 client = openai.OpenAI(base_url=router.url + "/v1", api_key="k", max_retries=0)
                 client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "write python please"}])
                 router.wait_records(1)
-                start, done = router.events[0], router.events[-1]
+                start, done = router.events[0], router.records[-1]
                 assert out.until(lambda l: "⋯" in l) == f"{local_hms(start['ts_ms'])}  ⋯  gpt-test  (1 in flight)"  # piped: no colour
                 assert out.until(lambda l: "classified" in l) == "  → classified: [code]"
                 assert out.until(lambda l: "routed" in l) == "  → routed: fake/gpt-test"
