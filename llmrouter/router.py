@@ -15,7 +15,6 @@ to `measure.Stats`) that `measured` rules and `least_busy` rank by.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from typing import Collection, Iterable, Iterator, Mapping, Protocol
 
@@ -68,7 +67,21 @@ def _discovered_name(model: str, names: Collection[str]) -> str | None:
     return None
 
 
-def _draw(pool: list, rng: random.Random) -> Iterator:
+class Rng(Protocol):
+    """What the random rule draws with; the caller owns the randomness
+    (app.py passes a random.Random)."""
+
+    def randrange(self, stop: int, /) -> int: ...
+
+
+class Live(Protocol):
+    """The live measurements the measured and least_busy rules rank by
+    (a measure.Measurements, or any mapping of provider name to Stats)."""
+
+    def get(self, provider: str) -> Stats | None: ...
+
+
+def _draw(pool: list, rng: Rng) -> Iterator:
     """Uniform draws without replacement, made only as the caller asks for more."""
     pool = list(pool)
     while pool:
@@ -80,7 +93,7 @@ def _rule_decisions(
     req: Request,
     active: Mapping[str, Provider],
     discovered: Mapping[str, Collection[str]],
-    rng: random.Random,
+    rng: Rng,
     measured: Live,
 ) -> Iterator[tuple[str, str]]:
     """(provider name, model) pairs for one rule, best first; names are active."""
@@ -126,10 +139,6 @@ def _rule_decisions(
             order = _metric_order(rule, names, active)
         for name in order:
             yield name, target if kind == "fallback" else model
-
-
-class Live(Protocol):
-    def get(self, provider: str) -> Stats | None: ...
 
 
 def _in_flight(stats: Stats | None) -> int:
@@ -227,7 +236,7 @@ def decisions(
     req: Request,
     config: Config,
     discovered: Mapping[str, Collection[str]],
-    rng: random.Random,
+    rng: Rng,
     measured: Live | None = None,
 ) -> Iterator[Decision]:
     """Yield the routes for `req`, best first, lazily.
