@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from llmrouter import errors
+from llmrouter import config as config_module
+from llmrouter import errors, events
 from llmrouter.canonical import Message, Request, Text
 from llmrouter.config import Config, Provider, Rule
 from llmrouter.measure import ALPHA, MAX_MODELS, Measurements
@@ -83,6 +84,15 @@ def test_in_flight_counts_attempts_started_and_not_ended():
     m.ended("a", "y")
     m.ended("a", "y")  # never below zero
     assert m.get("a").in_flight == 0 and m.get("a").models["y"].in_flight == 0
+
+
+def test_the_measured_event_carries_a_providers_figures_and_parses():
+    m = with_samples(a=(120, 30))
+    event = events.measured(5, "a", m.get("a").to_json())
+    assert events.parse(events.dumps(event)) == event
+    assert event == {"type": "measured", "v": 1, "ts_ms": 5, "provider": "a", "samples": 1, "in_flight": 0,
+                     "ttft_ms": 120, "duration_ms": 1000, "tokens_per_sec": 30.0, "error_rate": 0.0}
+    assert "models" not in m.to_json(per_model=False)["a"] and m.to_json()["a"]["models"]["m"]["samples"] == 1
 
 
 def test_models_kept_per_provider_are_bounded():
@@ -186,5 +196,8 @@ def test_config_accepts_measured_and_least_busy_and_refuses_misplaced_keys():
     assert any("routers[0].measured: not used by 'price' rules" in p for p in problems)
     assert any("routers[1].measured: not used by 'least_busy' rules" in p for p in problems)
     assert any("metrics.model_labels: unknown key (did you mean 'model_label'?)" in p for p in problems)
+    described = config_module.describe(cfg)
+    assert "latency: fastest to answer (measured live) over all providers" in described
+    assert "least_busy: fewest requests in flight over a" in described and "/metrics (with model labels)" in described
     with pytest.raises(errors.ConfigError, match=r"metrics.model_label: expected a boolean"):
         make_config(base + '[metrics]\nmodel_label = 1\n')
