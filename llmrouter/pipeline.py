@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmrouter import breaker, canonical, classifiers, errors, events, formats, plugins, router
-from llmrouter.measure import Measurements
 from llmrouter.commands import (
     AbortResponse,
     Command,
@@ -36,6 +35,7 @@ from llmrouter.commands import (
     UpstreamHead,
 )
 from llmrouter.config import Config
+from llmrouter.measure import Measurements
 from llmrouter.redact import Redactor
 from llmrouter.formats import anthropic, ollama, openai, responses
 
