@@ -114,11 +114,13 @@ class Measurements:
 
     def observe(self, record: dict[str, Any]) -> list[str]:
         """Takes the samples of a `complete` record's attempts; returns the
-        providers whose figures changed."""
+        providers it tried (their in-flight counts changed, at least)."""
         usage = record.get("usage") or {}
         out_tokens = usage.get("output_tokens")
-        changed = []
+        tried = []
         for attempt in record.get("attempts") or ():
+            name = attempt.get("provider") or ""
+            tried.append(name)
             outcome = attempt.get("outcome")
             if outcome not in ("ok", "error"):
                 continue  # abandoned (the client left): it says nothing about the provider
@@ -127,12 +129,10 @@ class Measurements:
             # Without a stream, the first token arrives with the whole reply.
             ttft = attempt.get("first_token_ms") if record.get("stream") else duration
             tps = out_tokens / (duration / 1000) if ok and out_tokens and duration else None
-            name = attempt.get("provider") or ""
             stats = self._stats(name)
             stats.add(ok, ttft, duration, tps)
             stats.model(attempt.get("model") or "").add(ok, ttft, duration, tps)
-            changed.append(name)
-        return list(dict.fromkeys(changed))
+        return list(dict.fromkeys(tried))
 
     def to_json(self, per_model: bool = True) -> dict[str, Any]:
         out = {name: stats.to_json() for name, stats in self.providers.items()}

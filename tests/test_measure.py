@@ -66,8 +66,9 @@ def test_averages_are_exponentially_weighted_and_per_model():
 
 def test_errors_move_the_error_rate_only_and_abandoned_attempts_count_nothing():
     m = Measurements()
-    m.observe(record(failed("a"), ok("b", 400), output_tokens=8))
-    m.observe(record({"provider": "a", "model": "m", "outcome": "pending", "status": None, "duration_ms": 0}))
+    assert m.observe(record(failed("a"), ok("b", 400), output_tokens=8)) == ["a", "b"]
+    # Still reported: its in-flight count changed.
+    assert m.observe(record({"provider": "a", "model": "m", "outcome": "pending", "status": None, "duration_ms": 0})) == ["a"]
     a, b = m.get("a"), m.get("b")
     assert (a.attempts, a.samples, a.error_rate, a.ttft_ms) == (1, 0, 1.0, None)
     # Without a stream the first token comes with the whole reply.
