@@ -138,7 +138,7 @@ def test_fallbacks_show_in_attempts_and_an_open_circuit_in_its_gauge():
     assert value(parsed, "llmrouter_circuit_open", provider="down") == 1
 
 
-def test_metrics_need_the_client_key_and_the_host_guard_applies():
+def test_metrics_need_the_client_key_and_a_foreign_origin_is_refused():
     with FakeUpstream() as fake:
         with running_router(config(fake.url, 'api_key_env = "ROUTER_KEY"'), environ={"ROUTER_KEY": "sekrit"}) as router:
             assert scrape(router).status == 401
@@ -148,8 +148,8 @@ def test_metrics_need_the_client_key_and_the_host_guard_applies():
             openai.OpenAI(base_url=router.url + "/v1", api_key="sekrit", max_retries=0).chat.completions.create(
                 model="m-private", messages=[{"role": "user", "content": "hi"}])
             router.wait_records(1)
-            with httpcore.ConnectionPool() as pool:  # /health needs no key: it names no client's model
-                health = json.loads(pool.request("GET", router.url + "/health?verbose").content)
+            with httpcore.ConnectionPool() as pool:  # with a client key, /health names no client's model
+                health = json.loads(pool.request("GET", router.url + "/health?verbose", headers={"x-api-key": "sekrit"}).content)
             assert health["measurements"]["up"]["samples"] == 1 and "models" not in health["measurements"]["up"]
             assert b"m-private" not in json.dumps(health).encode()
 
