@@ -59,6 +59,7 @@ def _add_view_parsers(sub) -> None:
     colors.add_argument("--color", dest="color", action="store_const", const=True, help="colours even when not on a terminal")
     colors.add_argument("--no-color", dest="color", action="store_const", const=False, help="never colour")
     watch.add_argument("--json", action="store_true", help="print each event as one line of JSON")
+    watch.add_argument("--stats", action="store_true", help="also print each provider's live measurements as they change")
     tui = sub.add_parser("tui", help="full-screen live view with stats and a chat client")
     tui.add_argument("url", nargs="?", default=DEFAULT_URL, help=url_help)
     tui.add_argument("--model", default=DEFAULT_MODEL, help=f"the chat's first model (default {DEFAULT_MODEL}; `:model NAME` changes it)")
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "watch":
         from llmrouter import watch
 
-        return watch.run(args.url, watch.use_color(args.color), args.json)
+        return watch.run(args.url, watch.use_color(args.color), args.json, stats=args.stats)
     if args.command == "tui":
         from llmrouter import tui
 

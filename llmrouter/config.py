@@ -29,7 +29,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 FORMATS = ("openai", "anthropic", "ollama")
-RULE_TYPES = ("prefix", "tag", "price", "latency", "throughput", "fallback", "discover", "random")
+RULE_TYPES = ("prefix", "tag", "price", "latency", "throughput", "fallback", "discover", "random", "least_busy")
 CLASSIFIER_IDS = ("keyword",)
 PLUGIN_IDS = ("response-healing", "pareto-router")
 DEFAULT_PATH = "config.toml"
@@ -63,6 +63,11 @@ class ServerConfig:
 class LoggingConfig:
     enabled: bool = False
     path: str = "logs/requests.jsonl"  # after ${VAR} and ~ expansion, made absolute by load
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    model_label: bool = False  # a `model` label on GET /metrics series (unbounded cardinality)
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ class Rule:
     quality_bias: float = 0.5
     candidates: tuple[Candidate, ...] = ()
     strip_prefix: bool = False  # prefix rules: send the model without model_prefix
+    measured: bool = False  # latency, throughput: rank by live measurements (llmrouter/measure.py)
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,7 @@ class Entry:
 class Config:
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
     providers: tuple[Provider, ...] = ()  # active providers, in config order
     routers: tuple[Rule, ...] = ()
     classifiers: dict[str, Entry] = field(default_factory=dict)
@@ -513,6 +520,8 @@ def _logging(r: _Reader, raw: Any, environ: Mapping[str, str], base_dir: str | N
         return log
 
 
+_METRICS_SPEC: dict[str, Check | None] = {"model_label": _bool}
+
 _PROVIDER_SPEC: dict[str, Check | None] = {
     "name": _provider_name,
     "format": _choice(FORMATS, "format"),
@@ -607,11 +616,12 @@ _RULE_KEYS: dict[str, tuple[str, ...]] = {
     "prefix": ("model_prefix", "provider", "rewrite_model", "strip_prefix"),
     "tag": ("tag", "provider", "rewrite_model"),
     "price": ("providers", "max_cost_per_1m_tokens"),
-    "latency": ("providers", "max_latency_ms"),
-    "throughput": ("providers", "min_tokens_per_sec"),
+    "latency": ("providers", "max_latency_ms", "measured"),
+    "throughput": ("providers", "min_tokens_per_sec", "measured"),
     "fallback": ("providers", "quality_bias", "rewrite_model"),
     "discover": ("provider",),
     "random": ("providers", "rewrite_model", "candidates"),
+    "least_busy": ("providers",),
 }
 _RULE_REQUIRED = {"prefix": ("model_prefix", "provider"), "tag": ("tag", "provider"), "discover": ("provider",)}
 _RULE_CHECKS: dict[str, Check | None] = {
@@ -626,6 +636,7 @@ _RULE_CHECKS: dict[str, Check | None] = {
     "max_latency_ms": _float(ge=0),
     "min_tokens_per_sec": _float(ge=0),
     "quality_bias": _float(),
+    "measured": _bool,
     "candidates": None,  # checked by _candidates, which needs the path
 }
 
@@ -806,7 +817,7 @@ def _check_entries(r: _Reader, plugins: dict[str, Entry], declared: Mapping[str,
 
 
 _TOP_SPEC: dict[str, Check | None] = dict.fromkeys(
-    ("server", "logging", "providers", "routers", "classifiers", "plugins")
+    ("server", "logging", "metrics", "providers", "routers", "classifiers", "plugins")
 )
 
 
@@ -824,6 +835,7 @@ def parse(
     top = r.table("", data, _TOP_SPEC) or {}
     server = _server(r, top.get("server", {}), environ)
     log = _logging(r, top.get("logging"), environ, base_dir)
+    metrics = MetricsConfig(**(r.table("metrics", top["metrics"], _METRICS_SPEC) or {})) if "metrics" in top else MetricsConfig()
     active, skipped, declared = _providers(r, top.get("providers"), environ, base_dir)
     routers = _routers(r, top.get("routers"), declared)
     classifiers = _entries(r, "classifiers", top.get("classifiers"), CLASSIFIER_IDS)
@@ -834,6 +846,7 @@ def parse(
     return Config(
         server=server,
         logging=log,
+        metrics=metrics,
         providers=tuple(active),
         routers=routers,
         classifiers=classifiers,
@@ -964,12 +977,15 @@ def _rule_line(rule: Rule) -> str:
     if rule.type == "price":
         limit = f", max cost {rule.max_cost_per_1m_tokens:g}/1M tokens" if rule.max_cost_per_1m_tokens is not None else ""
         return f"price: cheapest{over}{limit}"
+    live = " (measured live)" if rule.measured else ""
     if rule.type == "latency":
         limit = f", max {rule.max_latency_ms:g} ms" if rule.max_latency_ms is not None else ""
-        return f"latency: fastest to answer{over}{limit}"
+        return f"latency: fastest to answer{live}{over}{limit}"
     if rule.type == "throughput":
         limit = f", min {rule.min_tokens_per_sec:g} tokens/s" if rule.min_tokens_per_sec is not None else ""
-        return f"throughput: most tokens/s{over}{limit}"
+        return f"throughput: most tokens/s{live}{over}{limit}"
+    if rule.type == "least_busy":
+        return f"least_busy: fewest requests in flight{over}"
     if rule.type == "fallback":
         return f"fallback: best quality/cost (quality_bias {rule.quality_bias:g}){over}{model}"
     if rule.candidates:
@@ -1001,6 +1017,7 @@ def describe(config: Config) -> str:
         f"listen: {url} ({bound}{auth})",
         f"dashboard: {url + '/dashboard' if s.dashboard else 'off'}",
         f"request log: {config.logging.path if config.logging.enabled else 'off'}",
+        f"metrics: {url}/metrics" + (" (with model labels)" if config.metrics.model_label else ""),
         f"providers ({len(config.providers)} active):",
     ]
     rows = [(p, False) for p in config.providers] + [(p, True) for p in config.skipped_providers]

@@ -29,6 +29,8 @@ PURE = (
     "errors.py",
     "classifiers.py",
     "router.py",
+    "measure.py",
+    "metrics.py",
     "plugins/",
     "pipeline.py",
     "commands.py",
