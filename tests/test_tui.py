@@ -226,7 +226,8 @@ def test_reading_the_routers_stream_and_error_bodies():
 
 
 def test_curses_keys_get_their_names():
-    curses = pytest.importorskip("curses")
+    import curses
+
     from llmrouter.tui import key_name
 
     assert [key_name(k) for k in ("\t", "\r", "\n", "\x1b", "\x7f", "\x03", "q", "é", "\x01")] == ["tab", "enter", "enter", "esc", "backspace", "ctrl-c", "q", "é", None]
@@ -255,7 +256,6 @@ def test_every_size_draws_exactly_the_window(height, width):
 
 
 def test_every_glyph_of_the_frame_has_an_ascii_stand_in():
-    pytest.importorskip("curses")
     from llmrouter.tui import ASCII
 
     s = State(focus="chat")

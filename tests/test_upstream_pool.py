@@ -9,7 +9,6 @@ No timing thresholds: timeouts are set short and only their outcome is checked.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import struct
 import subprocess
@@ -24,6 +23,7 @@ from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import UpstreamCall
 from llmrouter.upstream import Upstreams
+from tiers import need_tool
 
 pytestmark = pytest.mark.anyio
 
@@ -468,8 +468,7 @@ async def test_upstream_error_status_is_passed_on_and_connection_kept() -> None:
 
 @pytest.fixture
 def self_signed(tmp_path):  # type: ignore[no-untyped-def]
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
+    need_tool("openssl", hint="makes the self-signed certificate")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
