@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -62,13 +61,12 @@ def test_check_without_argument_prints_the_built_in_default(tmp_path):
 def test_broken_config_exits_2_naming_file_and_key(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[[providers]]\nname = "x"\nformat = "openai"\nbase_ur1 = "http://h"\n')
-    started = time.monotonic()
     for command in (["check", str(bad)], [str(bad)], ["serve", str(bad)]):
         result = run_cli(*command)
         assert result.returncode == 2
         assert f"{bad}: providers[0].base_ur1" in result.stderr
         assert "Traceback" not in result.stderr
-    assert time.monotonic() - started < 3 * 1.5
+    # How fast: test_config_cli.py measures it (and bounds it with --soak).
 
 
 def test_dotenv_is_loaded_without_overriding(tmp_path):

@@ -271,11 +271,9 @@ def test_demo_refuses_a_busy_port_and_leaves_its_owner_alone(tmp_path, closed_po
         port = bystander.getsockname()[1]
         venv = tmp_path / "venv"
         nothing = f"http://127.0.0.1:{closed_port}"
-        started = time.monotonic()
         demo = Demo([str(port), "--no-tui"], demo_env(venv, tmp_path / "config.toml", nothing, nothing))
         try:
             assert demo.finish(timeout=20) == 1
-            assert time.monotonic() - started < 10
             assert f"port {port} is already in use" in demo.output
             assert accepts(port)  # still listening
             assert not venv.exists() and not (tmp_path / "config.toml").exists()  # refused before doing anything
