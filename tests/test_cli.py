@@ -154,6 +154,22 @@ def test_wheel_holds_only_the_package(wheel):
     assert [re.split(r"[ <>=;]", r)[0] for r in requires] == ["anyio", "h11", "httpcore", "tomli"]
 
 
+def test_ci_runs_the_readme_test_command_exactly():
+    """.ci/run ends with the README's one-line test command, and sets CI=true
+    (tests whose tool is missing fail there instead of skipping)."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("# 2. install the test dependencies and run the whole test suite\n", 1)[1]
+    command = block.split("\n", 1)[0]
+    assert command.endswith("python3 -m pip install -e '.[test,e2e]' && python3 -m pytest"), command
+    assert 'CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF' in command  # a portable llama-cpp-python build
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert ci[-1] == command
+    assert "export CI=true" in ci
+    assert os.access(ROOT / ".ci" / "run", os.X_OK)
+    result = subprocess.run(["bash", "-n", str(ROOT / ".ci" / "run")], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0, result.stderr
+
+
 def test_readme_install_command_serves_an_answer(tmp_path):
     """`python3 -m pip install . && llmrouter`, in a fresh virtualenv, then a request through it."""
     readme = (ROOT / "README.md").read_text()
