@@ -53,6 +53,8 @@ def load_reply(request: RecordedRequest) -> Reply:
         return Reply.text("a b c d e f", chunks=6, delay=0.02, fault=Fault(after=3, kind="hang"))
     if mode == "json":
         return Reply.text("fine")
+    if mode == "leave":  # never ends by itself: only the client's hang-up ends it (a 499), however loaded the machine
+        return Reply.text("a b c d e f g h", chunks=8, delay=0.02, fault=Fault(after=4, kind="hang"))
     return Reply.text("a b c d e f g h", chunks=8, delay=0.02)
 
 
