@@ -28,6 +28,9 @@ Environment:
                              logs/ beside it.
   LLMROUTER_DEMO_LLAMA_URL   llama.cpp server to use or start (default http://127.0.0.1:8080)
   LLMROUTER_DEMO_OLLAMA_URL  Ollama to use (default http://127.0.0.1:11434)
+  CMAKE_ARGS                 flags for building llama-cpp-python (default: a portable
+                             AVX2 build, -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON
+                             -DGGML_F16C=ON; a native one died with SIGILL on some CPUs)
   NO_COLOR                   no colours
 EOF
 }
