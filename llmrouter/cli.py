@@ -173,7 +173,7 @@ def serve(path: str | None, host: str | None, port: int | None) -> int:
             except OSError as exc:
                 log.error("cannot listen on %s:%s: %s", cfg.server.host, cfg.server.port, exc)
                 raise SystemExit(1) from None
-            url = f"http://{_url_host(cfg.server.host)}:{bound}"
+            url = config.server_url(cfg.server.host, bound)
             dashboard = f", dashboard {url}/dashboard" if cfg.server.dashboard else ""
             print(
                 f"llmrouter {__version__} listening on {url} (config: {cfg.source}, {len(cfg.providers)} provider(s){dashboard})",
@@ -198,9 +198,3 @@ async def stop_on_signal(app) -> None:
             logging.getLogger("llmrouter").info("%s: finishing in-flight requests, then stopping", signal.Signals(signum).name)
             app.shutdown()
             break
-
-
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "::", ""):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host

@@ -903,8 +903,17 @@ def load(path: str | None, *, environ: Mapping[str, str]) -> Config:
 # Describing.
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def server_url(host: str, port: int) -> str:
+    """The URL that reaches a server bound to host:port from this machine: a
+    wildcard bind is reached on 127.0.0.1, an IPv6 literal goes in brackets."""
+    if host in WILDCARD_HOSTS:
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def _rule_line(rule: Rule) -> str:
@@ -945,7 +954,8 @@ def _key_status(p: Provider, skipped: bool) -> str:
 def describe(config: Config) -> str:
     """A human summary for `llmrouter check`; shows no secret."""
     s = config.server
-    url = f"http://{_url_host(s.host)}:{s.port}"
+    url = server_url(s.host, s.port)
+    bound = f"bound to all interfaces ({s.host or '*'}); " if s.host in WILDCARD_HOSTS else ""
     if s.api_key_env:
         auth = f"clients must present the key from ${s.api_key_env}"
     elif is_loopback(s.host):
@@ -954,7 +964,7 @@ def describe(config: Config) -> str:
         auth = "reachable from the network WITHOUT a client key: allow_unauthenticated = true"
     lines = [
         f"config: {config.source}",
-        f"listen: {url} ({auth})",
+        f"listen: {url} ({bound}{auth})",
         f"dashboard: {url + '/dashboard' if s.dashboard else 'off'}",
         f"request log: {config.logging.path if config.logging.enabled else 'off'}",
         f"providers ({len(config.providers)} active):",

@@ -537,6 +537,15 @@ def test_secrets_never_appear_in_errors_describe_or_repr():
         assert_no_canary("\n".join(problems))
 
 
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [("127.0.0.1", "http://127.0.0.1:8090"), ("0.0.0.0", "http://127.0.0.1:8090"), ("::", "http://127.0.0.1:8090"),
+     ("::1", "http://[::1]:8090"), ("[::1]", "http://[::1]:8090"), ("router.lan", "http://router.lan:8090")],
+)
+def test_server_url_is_one_a_local_client_can_open(host, url):
+    assert config.server_url(host, 8090) == url
+
+
 def test_describe_lists_everything():
     cfg = parse_text(FULL, {})
     out = config.describe(cfg)
