@@ -28,11 +28,14 @@ import pytest
 
 from fakes import FakeUpstream, Reply
 from harness import provider_config, running_router
+from tiers import need_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "llmrouter" / "dashboard.html"
-CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (CI installs Debian's `chromium`)")
+
+
+def chromium() -> str:
+    return need_tool("chromium", "chromium-browser", "google-chrome", hint="CI installs Debian's `chromium`")
 
 
 # --- a minimal DevTools-protocol client (stdlib websocket) -------------------------------
@@ -101,7 +104,7 @@ class Browser:
 
     def __init__(self, profile: Path, width: int = 1280, height: int = 900) -> None:
         self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check",
              f"--user-data-dir={profile}", "--remote-debugging-port=0", f"--window-size={width},{height}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -80,9 +80,10 @@ def test_sigterm_drains_32_streams_closes_feeds_flushes_and_exits_0(tmp_path):
                        for i in range(32)]
             long = asyncio.create_task(exchange(port, "/v1/chat/completions", {**body, "model": "long"},
                                                 headers={"x-request-id": "long"}))
-            while len(fake.requests) < 33:
+            deadline = time.monotonic() + 15
+            while len(fake.requests) < 33:  # every request is in flight
+                assert time.monotonic() < deadline, f"{len(fake.requests)} of 33 requests reached the upstream"
                 await asyncio.sleep(0.01)
-            await asyncio.sleep(0.2)  # every stream has begun
             router.signal(signal.SIGTERM)
             signalled = time.monotonic()
             refused_after = None

@@ -66,9 +66,8 @@ def test_discovered_model_routes_with_latest_tag():
 def test_discovery_never_holds_startup_longer_than_its_timeout():
     with FakeUpstream() as fake:
         fake.script = lambda request: Reply.raw(200, [], [Hang()]) if request.path == "/api/tags" else None
-        started = time.monotonic()
+        # The tags request never ends: startup that waited for it would miss running_router's start deadline.
         with running_router(ollama_config(fake.url, "discovery_timeout = 0.3")) as router:
-            assert time.monotonic() - started < 3
             assert verbose_health(router)["discovered"] == {}
 
 

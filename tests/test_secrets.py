@@ -13,7 +13,6 @@ import asyncio
 import base64
 import json
 import socket
-import time
 
 from aclient import exchange
 from fakes import Fault, FakeUpstream, RecordedRequest, Reply
@@ -125,7 +124,7 @@ def test_no_canary_key_leaks_anywhere(tmp_path):
                         data += chunk
                     assert data.startswith(b"HTTP/1.1 200"), data[:200]
                     captured.append((target, data))
-            time.sleep(0.3)
+            feed.until(b"event: complete", count=len(captured) - 3)  # every request's record (the 3 GETs make none)
             assert feed.thread.is_alive()  # the feed was never cut off
             assert router.stop() == 0  # ends the feed too
             feed.close()

@@ -113,13 +113,15 @@ def test_body_over_limit_is_413(fake):
 
 def test_slow_headers_get_408_and_close(fake):
     with running_router(config_for(fake.url, "header_timeout = 0.3")) as router:
+        # The socket timeout (5 s) only keeps the test from hanging: reading to
+        # the end proves the router closed the connection after its 408.
         with socket.create_connection(("127.0.0.1", router.port), timeout=5) as sock:
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\n")
-            started = time.monotonic()
-            data = sock.recv(65536)
-            assert data.startswith(b"HTTP/1.1 408")
-            assert sock.recv(65536) in (b"",) or True
-            assert time.monotonic() - started < 2
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 408") and reply.count(b"HTTP/1.1") == 1
+            assert b"connection: close" in reply.lower()
 
 
 def test_idle_keep_alive_connection_is_closed(fake):
@@ -127,9 +129,7 @@ def test_idle_keep_alive_connection_is_closed(fake):
         with socket.create_connection(("127.0.0.1", router.port), timeout=5) as sock:
             sock.sendall(b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n")
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-            started = time.monotonic()
-            assert sock.recv(65536) == b""  # closed by the router, not by the timeout above
-            assert time.monotonic() - started < 2
+            assert sock.recv(65536) == b""  # closed by the router: the socket timeout would raise
 
 
 def test_malformed_request_line_is_400(fake):

@@ -52,7 +52,7 @@ def only_record(router, request_id: str) -> dict:
     while time.monotonic() < deadline:
         found = [r for r in router.records if r["request_id"] == request_id]
         if found:
-            time.sleep(0.05)
+            router.wait_idle()
             found = [r for r in router.records if r["request_id"] == request_id]
             assert len(found) == 1, found
             return found[0]
