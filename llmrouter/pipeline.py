@@ -272,16 +272,20 @@ def _relay_stream(ctx: Context, ex: Exchange, client: Any, req: canonical.Reques
     decoder = upstream.Decoder()
     collector = ex.collector = canonical.ResponseCollector(decision.model)
     started = ctx.monotonic()
+    event_timeout = ctx.config.server.stream_idle_timeout
+    progress = False
     while True:
         # Before its head, nothing can go to the client, keep-alives included.
-        chunk = yield ReadUpstream(PING_AFTER, ex.encoder.ping() if ex.response_started else b"")
+        chunk = yield ReadUpstream(PING_AFTER, ex.encoder.ping() if ex.response_started else b"", event_timeout, progress)
         if rec.first_byte_ms is None:
             rec.first_byte_ms = round((ctx.monotonic() - started) * 1000)
         frames = decoder.feed(chunk) if chunk else decoder.close()
         out: list[bytes] = []
         failure: canonical.StreamError | None = None
+        progress = False  # comments, pings and blank lines are not progress
         for frame in frames:
             raw = frame.raw
+            progress = progress or bool(frame.events)
             for event in frame.events:
                 if isinstance(event, canonical.StreamError):
                     # An upstream may quote the key it was sent in its error.

@@ -81,7 +81,7 @@ def test_upstream_error_and_disconnect_each_complete_once(fake):
         payload = json.dumps({"model": "ok/m", "messages": MESSAGES}).encode()
         with socket.create_connection(("127.0.0.1", router.port)) as sock:
             sock.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                 b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
             )
             fake.wait_until(lambda f: len(f.requests) == 2)
@@ -113,7 +113,7 @@ def test_stalled_subscriber_loses_events_but_requests_go_on(fake, monkeypatch):
     with running_router(config_for(fake.url)) as router:
         stalled = socket.create_connection(("127.0.0.1", router.port))
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stalled.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: t\r\n\r\n")
+        stalled.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
         body = {"model": "ok/m", "messages": [{"role": "user", "content": "y" * 2000}]}
         with ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(lambda _: post(router.url, body).status, range(600)))
