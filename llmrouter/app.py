@@ -100,7 +100,7 @@ class App:
             await self.chat(request, writer, client_format, problem)
             return
         if problem is not None:
-            await self.respond_error(writer, "openai", problem)
+            await self.respond_error(writer, _error_format(path), problem)
             return
         if path in GET_ROUTES and (path.startswith("/dashboard") is False or self.config.server.dashboard):
             if method not in ("GET", "HEAD"):
@@ -115,7 +115,7 @@ class App:
             else:
                 await self.event_feed(writer)
             return
-        await self.respond_error(writer, "anthropic" if path.startswith("/v1/messages") else "openai", errors.NotFound(f"no route for {method} {path}"))
+        await self.respond_error(writer, _error_format(path), errors.NotFound(f"no route for {method} {path}"))
 
     def access_problem(self, request: HTTPRequest, client_format: str | None) -> errors.RouterError | None:
         """Refuses what a browser page or an unauthorised caller must not do."""
@@ -244,8 +244,12 @@ class App:
 
     def render_failure(self, failure: ProtocolFailure) -> tuple[list[tuple[str, str]], bytes]:
         err = _status_error(failure.status, failure.message)
-        client_format = "anthropic" if failure.path.startswith("/v1/messages") else "openai"
-        return [("content-type", "application/json")], json.dumps(CLIENT_FORMATS[client_format].error_body(err)).encode()
+        return [("content-type", "application/json")], json.dumps(CLIENT_FORMATS[_error_format(failure.path)].error_body(err)).encode()
+
+
+def _error_format(path: str) -> str:
+    """The error shape for a path that is not a chat route: Anthropic's under /v1/messages."""
+    return "anthropic" if path.startswith("/v1/messages") else "openai"
 
 
 def _status_error(status: int, message: str) -> errors.RouterError:
