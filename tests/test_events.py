@@ -14,6 +14,7 @@ import pytest
 from fakes import FakeUpstream, Hang, Reply
 from harness import make_config, provider_config, running_router
 from llmrouter import app as app_module
+from llmrouter.bus import EventBus
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -182,3 +183,34 @@ def test_log_after_a_cut_short_line_starts_on_a_new_line(fake, tmp_path):
 def test_config_is_parsed_with_relative_log_path(tmp_path):
     cfg = make_config(config_for("http://127.0.0.1:9", "logs/x.jsonl"), base_dir=str(tmp_path))
     assert cfg.logging.path == str(tmp_path / "logs" / "x.jsonl")
+
+
+def test_each_event_is_encoded_once_for_all_subscribers(fake, monkeypatch):
+    """Fan-out copies bytes: an event becomes its SSE frame once, however
+    many subscribers get it (and not at all while nobody listens)."""
+    from harness import FeedReader
+
+    encoded: list[str] = []
+
+    def counting_sse(event: dict) -> bytes:
+        encoded.append(event["type"])
+        return app_module._sse(event)
+
+    monkeypatch.setattr(app_module, "EventBus", lambda encode: EventBus(counting_sse))
+    with running_router(config_for(fake.url)) as router:
+        assert post(router.url, {"model": "ok/m", "messages": MESSAGES}).status == 200
+        router.wait_records(1)
+        assert encoded == []  # no subscriber: nothing encoded
+        readers = [FeedReader(router.port) for _ in range(3)]
+        try:
+            for reader in readers:
+                reader.until(b": connected")
+            assert post(router.url, {"model": "ok/m", "messages": MESSAGES}).status == 200
+            for reader in readers:
+                reader.until(b"event: complete")
+            assert encoded == ["start", "classified", "routed", "complete"]
+            frames = [bytes(r.data[r.data.index(b"event: start"):]) for r in readers]
+            assert frames[0] == frames[1] == frames[2]
+        finally:
+            for reader in readers:
+                reader.close()
