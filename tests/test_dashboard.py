@@ -517,6 +517,20 @@ def test_pages_from_other_origins_cannot_read_the_feed_or_post_a_chat(tmp_path):
         assert {(r["status"], r["error_code"]) for r in refused} <= {(403, "forbidden"), (415, "unsupported_media_type"), (405, "method_not_allowed")}
 
 
+def test_with_a_client_key_the_page_gets_its_feed_and_prices(browser):
+    """The key in the page's address opens the feed (?api_key=) and, as a
+    header, /health?verbose, which needs it too: costs are known."""
+    key = "rk-dashboard-5d2e8a1c"
+    text = '[server]\nport = 0\napi_key_env = "ROUTER_KEY"\n[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "fake"\n'
+    with FakeUpstream() as fake, running_router(provider_config(fake.url, extra="cost_per_1m_tokens = 2.5") + text, {"ROUTER_KEY": key}) as router:
+        browser.open(f"{router.url}/dashboard?api_key={key}")
+        browser.wait_for("document.getElementById('status').textContent === 'live'")
+        client = openai.OpenAI(base_url=router.url + "/v1", api_key=key, max_retries=0)
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "one two three"}])
+        browser.wait_for("document.querySelectorAll('#done .card').length === 1")
+        browser.wait_for("document.querySelector('#done .cost').textContent.startsWith('cost $')")
+
+
 ROUTER_FALLBACK = '[server]\nport = 0\n[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "fake"\n'
 
 
