@@ -236,7 +236,6 @@ def test_keepalives_without_events_end_a_started_stream_in_band(drippers, upstre
     assert rec["error"] == f"provider '{upstream}-up': no stream event for {STREAM_IDLE:g}s, only keep-alives", rec
     assert rec["error_code"] == "upstream_timeout" and rec["response"]["content"] == "a"
     fakes[upstream].wait_peer_closed(1)  # the dripping upstream was hung up on
-    assert got.seconds < 15  # not the 20 s of dripping, nor the 60 s total limit
     record(f"timeouts.stream_idle_{upstream}_s", round(got.seconds, 3), unit="s", configured=STREAM_IDLE)
 
 
