@@ -129,7 +129,8 @@ class App:
         host = request.headers.get("host", "")
         if not keyed and not self.hosts.allows(host):
             return errors.Forbidden(
-                f"requests for host {host!r} are not allowed: add it to server.allowed_hosts to serve it (DNS-rebinding guard)"
+                f"requests for host {host!r} are not allowed (DNS-rebinding guard): list it in server.allowed_hosts"
+                + (" or present the client key" if key is not None else "")
             )
         origin = request.headers.get("origin")
         if origin and not _same_or_loopback_origin(origin, host):

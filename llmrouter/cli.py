@@ -184,8 +184,9 @@ def serve(path: str | None, host: str | None, port: int | None) -> int:
                 bound = await tg.start(app.run)
             except OSError as exc:  # the port is taken, the address is not this machine's, ...
                 where = f"{_url_host(cfg.server.host, wildcard=False)}:{cfg.server.port}"
-                print(f"llmrouter: cannot listen on {where}: {os.strerror(exc.errno) if exc.errno else exc} (server.host / server.port in {cfg.source})",
-                      file=sys.stderr)
+                # asyncio's own strerror repeats the address; a resolver error (negative errno) has only its text.
+                why = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+                print(f"llmrouter: cannot listen on {where}: {why} (server.host / server.port in {cfg.source})", file=sys.stderr)
                 exit_status = LISTEN_FAILED
                 tg.cancel_scope.cancel()
                 return
