@@ -86,6 +86,7 @@ class Provider:
     first_byte_timeout: float = 120.0  # until the response head arrives
     idle_timeout: float = 120.0  # longest silence between two body chunks
     total_timeout: float = 900.0  # the whole exchange
+    ca_bundle: str | None = None  # extra trusted CAs (PEM) for https; absolute after load
     # Resolved from api_key_env at startup; never printed (repr=False).
     api_key: str | None = field(default=None, repr=False, compare=False)
 
@@ -567,6 +568,7 @@ _PROVIDER_SPEC: dict[str, Check | None] = {
     "first_byte_timeout": _timeout,
     "idle_timeout": _timeout,
     "total_timeout": _timeout,
+    "ca_bundle": _nonempty,
 }
 _PROVIDER_REQUIRED = ("name", "format", "base_url")
 
@@ -581,7 +583,7 @@ def _link_local(url: str) -> bool:
 
 
 def _providers(
-    r: _Reader, raw: Any, environ: Mapping[str, str]
+    r: _Reader, raw: Any, environ: Mapping[str, str], base_dir: str | None
 ) -> tuple[list[Provider], list[Provider], dict[str, str]]:
     """Returns (active, skipped, every declared name -> format)."""
     active: list[Provider] = []
@@ -612,6 +614,11 @@ def _providers(
                 # Kept even if the table has other problems: rules naming it
                 # should not add a second, misleading error.
                 declared[name] = vals.get("format", "")
+        if "ca_bundle" in vals:
+            try:
+                vals["ca_bundle"] = expand_path(vals["ca_bundle"], environ, base_dir)
+            except ValueError as exc:
+                r.problem(f"{path}.ca_bundle", str(exc))
         if len(r.problems) > before:
             continue
         provider = Provider(**vals)
@@ -846,15 +853,16 @@ def parse(
 ) -> Config:
     """Validate the TOML document `data` into a Config, or raise ConfigError
     listing every problem. `environ` supplies API keys and ${VAR}s in
-    logging.path; `base_dir` anchors a relative logging.path (the config
-    file's directory; None leaves it relative to the working directory)."""
+    logging.path and ca_bundle; `base_dir` anchors a relative logging.path
+    or ca_bundle (the config file's directory; None leaves it relative to the
+    working directory)."""
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: expected a TOML document (a table), got {_kind(data)}"])
     r = _Reader(source)
     top = r.table("", data, _TOP_SPEC) or {}
     server = _server(r, top.get("server", {}), environ)
     log = _logging(r, top.get("logging"), environ, base_dir)
-    active, skipped, declared = _providers(r, top.get("providers"), environ)
+    active, skipped, declared = _providers(r, top.get("providers"), environ, base_dir)
     routers = _routers(r, top.get("routers"), declared)
     classifiers = _entries(r, "classifiers", top.get("classifiers"), CLASSIFIER_IDS)
     plugins = _entries(r, "plugins", top.get("plugins"), PLUGIN_IDS)
@@ -935,15 +943,50 @@ def load(path: str | None, *, environ: Mapping[str, str]) -> Config:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}"]) from None
     base_dir = os.path.dirname(os.path.abspath(path))
-    return parse(_read_toml(raw, path), source=path, environ=environ, base_dir=base_dir)
+    data = _read_toml(raw, path)
+    config = parse(data, source=path, environ=environ, base_dir=base_dir)
+    problems = _ca_bundle_problems(config, data["providers"])
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _ca_bundle_problems(config: Config, raw_providers: list) -> list[str]:
+    """Each ca_bundle must be a readable PEM file of certificates: a typo is
+    found at startup, not at the first https request."""
+    by_name = {p.name: p for p in (*config.providers, *config.skipped_providers) if p.ca_bundle}
+    problems = []
+    for i, item in enumerate(raw_providers):
+        provider = by_name.get(item["name"])
+        if provider is None:
+            continue
+        import ssl  # only when a ca_bundle is configured
+
+        where = f"{config.source}: providers[{i}].ca_bundle"
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=provider.ca_bundle)
+        except ssl.SSLError:  # before OSError, of which it is a kind
+            problems.append(f"{where}: {provider.ca_bundle} holds no PEM certificate")
+        except OSError as exc:
+            problems.append(f"{where}: cannot read {provider.ca_bundle}: {exc.strerror or exc}")
+    return problems
 
 
 # ---------------------------------------------------------------------------
 # Describing.
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def server_url(host: str, port: int) -> str:
+    """The URL that reaches a server bound to host:port from this machine: a
+    wildcard bind is reached on 127.0.0.1, an IPv6 literal goes in brackets."""
+    if host in WILDCARD_HOSTS:
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def _rule_line(rule: Rule) -> str:
@@ -995,7 +1038,8 @@ def _hosts_line(s: ServerConfig) -> str:
 def describe(config: Config) -> str:
     """A human summary for `llmrouter check`; shows no secret."""
     s = config.server
-    url = f"http://{_url_host(s.host)}:{s.port}"
+    url = server_url(s.host, s.port)
+    bound = f"bound to all interfaces ({s.host or '*'}); " if s.host in WILDCARD_HOSTS else ""
     if s.api_key_env:
         auth = f"clients must present the key from ${s.api_key_env}"
     elif is_loopback(s.host):
@@ -1004,7 +1048,7 @@ def describe(config: Config) -> str:
         auth = "reachable from the network WITHOUT a client key: allow_unauthenticated = true"
     lines = [
         f"config: {config.source}",
-        f"listen: {url} ({auth})",
+        f"listen: {url} ({bound}{auth})",
         f"allowed hosts: {_hosts_line(s)}",
         f"dashboard: {url + '/dashboard' if s.dashboard else 'off'}",
         f"request log: {config.logging.path if config.logging.enabled else 'off'}",
@@ -1015,6 +1059,7 @@ def describe(config: Config) -> str:
     url_width = max((len(p.base_url) for p, _ in rows), default=0)
     for p, skipped in rows:
         extra = f"; extra headers: {', '.join(n for n, _ in p.headers)}" if p.headers else ""
+        extra += f"; also trusts the CAs in {p.ca_bundle}" if p.ca_bundle else ""
         lines.append(f"  {p.name:<{width}}  {p.format:<9}  {p.base_url:<{url_width}}  {_key_status(p, skipped)}{extra}")
     lines.append(f"routers ({len(config.routers)}, first match wins):")
     lines += [f"  {i}. {_rule_line(rule)}" for i, rule in enumerate(config.routers, 1)]

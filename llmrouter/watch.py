@@ -130,7 +130,10 @@ def auth_headers() -> list[tuple[bytes, bytes]]:
 
 def describe(exc: BaseException) -> str:
     text = str(exc).strip()
-    if isinstance(exc, httpcore.ConnectError) and ("refused" in text.lower() or "111" in text):
+    # httpcore wraps the OSError: it is the ConnectError's argument and context.
+    if isinstance(exc, httpcore.ConnectError) and any(
+        isinstance(cause, ConnectionRefusedError) for cause in (*exc.args, exc.__cause__, exc.__context__)
+    ):
         return "connection refused"
     if isinstance(exc, httpcore.TimeoutException):
         return f"timed out ({text})" if text else "timed out"
