@@ -125,7 +125,7 @@ class FeedReader:
 
     def __init__(self, port: int, headers: bytes = b"") -> None:
         self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: t\r\n" + headers + b"\r\n")
+        self.sock.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: 127.0.0.1\r\n" + headers + b"\r\n")
         self.sock.settimeout(10)
         self.data = bytearray()
         self.thread = threading.Thread(target=self._read, daemon=True)

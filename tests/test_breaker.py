@@ -202,7 +202,7 @@ def test_router_skips_a_failing_provider_and_reports_its_circuit():
         flaky.script = lambda r: Reply.error(503, "down for maintenance")
         with running_router(config_for(flaky.url, backup.url)) as router:
             feed = socket.create_connection(("127.0.0.1", router.port))
-            feed.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: t\r\n\r\n")
+            feed.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
             seen = bytearray()
             feed_until(feed, b": connected", seen)
             for i in range(3):  # each fails over to the backup; the third opens the circuit

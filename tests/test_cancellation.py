@@ -67,7 +67,7 @@ def disconnect_once(router, fake: FakeUpstream, i: int, phase: str, rng: random.
     sock = socket.create_connection(("127.0.0.1", router.port), timeout=10)
     try:
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\n\r\n%s" % (len(body), body)
         )
         fake.wait_until(lambda f: any(tag.encode() in r.body for r in f.requests), timeout=10)

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import zipfile
@@ -67,6 +68,30 @@ def test_broken_config_exits_2_naming_file_and_key(tmp_path):
         assert f"{bad}: providers[0].base_ur1" in result.stderr
         assert "Traceback" not in result.stderr
     # How fast: test_config_cli.py measures it (and bounds it with --soak).
+
+
+def test_check_refuses_a_log_path_it_cannot_open_as_serve_does(tmp_path):
+    (tmp_path / "afile").write_text("")
+    for where in ("afile/requests.jsonl", "."):  # under a file; a directory
+        config = tmp_path / "config.toml"
+        config.write_text(fake_config("http://127.0.0.1:9").replace('path = "requests.jsonl"', f'path = "{where}"'))
+        for command in ("check", "serve"):
+            result = run_cli(command, str(config), env={"FAKE_KEY": CANARY})
+            assert result.returncode == 2, (command, where, result.stderr)
+            assert f"{config}: logging.path: cannot open" in result.stderr and "Traceback" not in result.stderr
+            assert "listening" not in result.stderr and "listen:" not in result.stdout
+
+
+def test_a_busy_port_exits_3_with_one_line(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(fake_config("http://127.0.0.1:9"))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        result = run_cli("--log-level", "error", "serve", str(config), "--port", str(port), env={"FAKE_KEY": CANARY})
+    assert result.returncode == 3
+    assert result.stderr == f"llmrouter: cannot listen on 127.0.0.1:{port}: Address already in use (server.host / server.port in {config})\n"
 
 
 def test_dotenv_is_loaded_without_overriding(tmp_path):

@@ -70,7 +70,7 @@ def test_non_loopback_bind_needs_a_key_or_an_explicit_opt_out(tmp_path):
             assert request(router.port, "POST", "/v1/chat/completions", {"content-type": "application/json"}, CHAT)[0] == 200
 
 
-def test_client_key_is_required_everywhere_but_health(tmp_path):
+def test_client_key_is_required_everywhere_but_plain_health(tmp_path):
     with FakeUpstream() as fake:
         cfg = config_for(fake.url, 'host = "0.0.0.0"\napi_key_env = "ROUTER_KEY"')
         with RouterProcess(cfg, tmp_path, env={"ROUTER_KEY": KEY}) as router:
@@ -91,8 +91,9 @@ def test_client_key_is_required_everywhere_but_health(tmp_path):
                 assert request(port, "POST", "/v1/messages", {**json_type, **headers}, ANTHROPIC_CHAT)[0] == 200, headers
             assert request(port, "GET", "/health")[0] == 200  # liveness needs no key, and says nothing
             assert request(port, "GET", "/health")[2] == b"ok"
-            # ?verbose needs no key either: provider names and states, never a URL or a key.
-            status, _, verbose = request(port, "GET", "/health?verbose")
+            # ?verbose (provider names and states, never a URL or a key) needs the key.
+            assert request(port, "GET", "/health?verbose")[0] == 401
+            status, _, verbose = request(port, "GET", "/health?verbose", {"x-api-key": KEY})
             assert status == 200 and fake.url.encode() not in verbose and KEY.encode() not in verbose
             # The dashboard page and its feed also take the key as ?api_key (a browser cannot add headers).
             assert request(port, "GET", f"/dashboard?api_key={KEY}")[0] == 200

@@ -59,7 +59,7 @@ def test_sigterm_drains_32_streams_closes_feeds_flushes_and_exits_0(tmp_path):
 
         async def subscriber(ready: asyncio.Event, results: list) -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET /dashboard/events HTTP/1.1\r\nhost: t\r\n\r\n")
+            writer.write(b"GET /dashboard/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
             data = b""
             while b": connected" not in data:
                 data += await reader.read(65536)

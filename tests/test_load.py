@@ -91,7 +91,7 @@ def check(mode: str, reply) -> str | None:
 
 async def feed_reader(port: int, counts: dict, stop: asyncio.Event) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /dashboard/events HTTP/1.1\r\nhost: t\r\n\r\n")
+    writer.write(b"GET /dashboard/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
     buffer = b""
     try:
         while not stop.is_set():
@@ -114,7 +114,7 @@ def stalled_subscriber(port: int) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: t\r\n\r\n")
+    sock.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
     return sock
 
 
@@ -257,7 +257,7 @@ def test_stalled_subscriber_is_cut_off_and_the_others_keep_up(monkeypatch):
                             + '[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "fake"\n') as router:
             stalled = stalled_subscriber(router.port)
             healthy = socket.create_connection(("127.0.0.1", router.port))
-            healthy.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: t\r\n\r\n")
+            healthy.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
             healthy.settimeout(5)
             got = b""
             while router.app.bus.statistics()["subscribers"] < 2:

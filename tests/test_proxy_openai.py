@@ -242,7 +242,7 @@ def test_client_disconnect_mid_stream_closes_upstream(fake):
         payload = json.dumps({"model": "m", "messages": MESSAGES, "stream": True}).encode()
         with socket.create_connection(("127.0.0.1", router.port)) as sock:
             sock.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                 b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
             )
             assert b"200" in sock.recv(4096)
@@ -257,7 +257,7 @@ def test_client_disconnect_while_waiting_closes_upstream(fake):
         payload = json.dumps({"model": "m", "messages": MESSAGES}).encode()
         with socket.create_connection(("127.0.0.1", router.port)) as sock:
             sock.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                 b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
             )
             fake.wait_until(lambda f: len(f.requests) == 1)
@@ -300,7 +300,7 @@ def test_slow_client_slows_the_upstream_instead_of_queueing():
         with socket.create_connection(("127.0.0.1", router.port)) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
             sock.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                 b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
             )
             sock.recv(4096)  # the head and a little data; then the client stalls

@@ -118,7 +118,7 @@ def test_no_canary_key_leaks_anywhere(tmp_path):
             asyncio.run(drive())
             for target in ("/health?verbose", "/v1/models", "/dashboard"):
                 with socket.create_connection(("127.0.0.1", router.port)) as sock:
-                    sock.sendall(f"GET {target} HTTP/1.1\r\nhost: t\r\nx-api-key: {CLIENT_KEY}\r\nconnection: close\r\n\r\n".encode())
+                    sock.sendall(f"GET {target} HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {CLIENT_KEY}\r\nconnection: close\r\n\r\n".encode())
                     data = b""
                     while chunk := sock.recv(65536):
                         data += chunk
