@@ -418,3 +418,22 @@ def test_a_refused_oversized_body_is_an_ollama_error(router):
         while chunk := sock.recv(65536):
             data += chunk
     assert data.startswith(b"HTTP/1.1 413") and "larger than" in json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:11434", "127.0.0.1.evil.com"])
+def test_the_host_guard_covers_the_ollama_api(router, fakes, host):
+    """A page rebound to 127.0.0.1 (DNS rebinding) reaches none of Ollama's
+    endpoints: 403 in Ollama's shape, nothing upstream, and a refused chat or
+    generate request still gets its one record."""
+    seen = sum(len(f.requests) for f in fakes.values())
+    before = len(router.records)
+    chat = json.dumps({"model": MODEL["ollama"], "messages": [{"role": "user", "content": "x"}]}).encode()
+    generate = json.dumps({"model": MODEL["ollama"], "prompt": "x"}).encode()
+    for method, path, body in [("POST", "/api/chat", chat), ("POST", "/api/generate", generate), ("GET", "/api/tags", b""),
+                               ("POST", "/api/show", b'{"model": "ol/llama3.2:latest"}'), ("GET", "/api/version", b""),
+                               ("GET", "/", b""), ("POST", "/api/pull", b"{}")]:
+        status, _, payload = raw(router, method, path, body, headers={"host": host})
+        assert status == 403 and "allowed_hosts" in json.loads(payload)["error"], (path, payload)
+    records = router.wait_records(before + 2)
+    assert [(r["client_format"], r["status"]) for r in records[before:]] == [("ollama", 403), ("ollama-generate", 403)]
+    assert sum(len(f.requests) for f in fakes.values()) == seen
