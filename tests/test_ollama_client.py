@@ -437,3 +437,12 @@ def test_the_host_guard_covers_the_ollama_api(router, fakes, host):
     records = router.wait_records(before + 2)
     assert [(r["client_format"], r["status"]) for r in records[before:]] == [("ollama", 403), ("ollama-generate", 403)]
     assert sum(len(f.requests) for f in fakes.values()) == seen
+
+
+def test_metrics_name_the_ollama_endpoints(client, router):
+    client.chat(model=MODEL["openai"], messages=[{"role": "user", "content": "x"}], stream=False)
+    client.generate(model=MODEL["openai"], prompt="x", stream=False)
+    router.wait_records(len(router.records))
+    status, _, body = raw(router, "GET", "/metrics")
+    text = body.decode()
+    assert status == 200 and 'endpoint="/api/chat"' in text and 'endpoint="/api/generate"' in text
