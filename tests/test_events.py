@@ -207,8 +207,8 @@ def test_each_event_is_encoded_once_for_all_subscribers(fake, monkeypatch):
                 reader.until(b": connected")
             assert post(router.url, {"model": "ok/m", "messages": MESSAGES}).status == 200
             for reader in readers:
-                reader.until(b"event: complete")
-            assert encoded == ["start", "classified", "routed", "complete"]
+                reader.until(b"event: measured")  # published right after the complete record
+            assert encoded == ["start", "classified", "routed", "complete", "measured"]
             frames = [bytes(r.data[r.data.index(b"event: start"):]) for r in readers]
             assert frames[0] == frames[1] == frames[2]
         finally:

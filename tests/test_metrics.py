@@ -55,7 +55,7 @@ def chat(router, model: str, **kwargs):
 def disconnect_mid_request(router, fake: FakeUpstream) -> None:
     body = json.dumps({"model": "m-gone", "stream": True, "messages": [{"role": "user", "content": "gone"}]}).encode()
     with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                      b"content-length: %d\r\n\r\n%s" % (len(body), body))
         fake.wait_until(lambda f: any(b"gone" in r.body for r in f.requests), timeout=10)
 

@@ -227,7 +227,7 @@ def test_least_busy_sends_the_next_request_to_the_idle_provider():
         with running_router(cfg) as router:
             body = json.dumps({"model": "m", "stream": True, "messages": MESSAGES}).encode()
             with socket.create_connection(("127.0.0.1", router.port), timeout=10) as held:
-                held.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+                held.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\n\r\n%s" % (len(body), body))
                 first.wait_until(lambda f: len(f.requests) == 1)
                 assert verbose_health(router)["measurements"]["a"]["in_flight"] == 1
