@@ -6,6 +6,7 @@ all on `App.shutdown()`; `App.handle` is the HTTP handler the server calls.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -19,7 +20,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from llmrouter import errors, events, router
+from llmrouter import errors, events, reload, router
 from llmrouter.breaker import Breakers
 from llmrouter.bus import EventBus
 from llmrouter.config import Config
@@ -56,7 +57,7 @@ class App:
             monotonic=time.monotonic,
             breakers=Breakers(config.server.breaker_failures, config.server.breaker_cooldown),
         )
-        self.driver = Driver(self.upstreams, self.bus.publish, self.reqlog.append if self.reqlog else None, self.ctx.clock_ms)
+        self.driver = self._driver(self.upstreams)
         self.server = Server(self.handle, self.render_failure, config.server)
         self._ids = itertools.count()
         self.stopped = anyio.Event()  # set once run() has drained and closed everything
@@ -76,6 +77,25 @@ class App:
             await self.upstreams.aclose()
         finally:
             self.stopped.set()
+
+    def _driver(self, upstreams: Upstreams) -> Driver:
+        return Driver(upstreams, self.bus.publish, self.reqlog.append if self.reqlog else None, self.ctx.clock_ms)
+
+    async def reconfigure(self, config: Config) -> None:
+        """Hot reload (reload.py): `config` serves the requests that start from
+        now on; running ones finish with the context, driver and pools they
+        began with. State kept per provider carries over (reload.carry_over)."""
+        old_config, old_upstreams = self.config, self.upstreams
+        self.upstreams = Upstreams(config.providers, old_upstreams)
+        circuits = reload.carry_over(old_config, config, self.ctx.breakers.circuits)
+        breakers = Breakers(config.server.breaker_failures, config.server.breaker_cooldown, circuits)
+        # in_flight moves along: requests decrement the context current when they end.
+        self.ctx = dataclasses.replace(self.ctx, config=config, breakers=breakers, redact=None)
+        self.driver = self._driver(self.upstreams)
+        self.config = config
+        self.server.limits = config.server  # for connections accepted from now on
+        await old_upstreams.retire(self.upstreams)
+        await self.discovery.refresh_all(self.discovery.reconfigure(config, self.upstreams))
 
     def shutdown(self) -> None:
         """Graceful: stop accepting, end event feeds, let in-flight requests finish."""
