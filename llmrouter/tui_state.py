@@ -17,7 +17,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmrouter.watch import clean, error_text, is_error, local_time, model_text, prompt_of, tokens_of
+from llmrouter.watch import clean, error_text, is_error, local_time, model_text, prompt_of, reload_text, tokens_of
 
 DEFAULT_MODEL = "llama3.1:8b"
 MAX_ENTRIES = 200
@@ -132,6 +132,9 @@ def reduce(state: State, event: dict[str, Any]) -> State:
             pending.attempt = _int(event.get("attempt")) or 1
     elif kind == "complete":
         _complete(state, event)
+    elif kind == "reload":  # shown among the requests, where it happened
+        state.entries.insert(0, event)
+        del state.entries[MAX_ENTRIES:]
     elif kind == "dropped":
         state.dropped += _int(event.get("count"))
     elif kind == "feed":
@@ -406,6 +409,9 @@ def _feed_pane(cv: Canvas, s: State, y: int, x: int, h: int, w: int, now_ms: int
 
 
 def _entry_lines(e: dict[str, Any], prices: dict[str, float | None]) -> list[list[tuple[str, str]]]:
+    if e.get("type") == "reload":
+        style = "red" if not e.get("ok") else "yellow" if e.get("restart_needed") else "green"
+        return [[(local_time(e.get("ts_ms")) + "  ⟳  ", "dim"), (reload_text(e), style)], []]
     failed = is_error(e)
     head = [(local_time(e.get("ts_ms")) + "  ", "dim"), (clean(e.get("provider") or "(no provider)"), "bold")]
     first, rewritten = model_text(e)

@@ -124,6 +124,18 @@ CYAN, BLUE, YELLOW, MAGENTA, RED, GREEN = "\x1b[36m", "\x1b[94m", "\x1b[33m", "\
 WATCH_CLIP = 120
 
 
+def reload_text(event: dict[str, Any]) -> str:
+    """One line about a `reload` event (watch, tui)."""
+    if not event.get("ok"):
+        problems = [clean(p) for p in event.get("problems") or []]
+        return f"config reload refused, nothing changed ({len(problems)} problem(s)){': ' + problems[0] if problems else ''}"
+    parts = [f"config reloaded from {clean(event.get('source'))}"]
+    parts += [f"{key}: {', '.join(clean(n) for n in event[key])}" for key in ("added", "removed", "changed") if event.get(key)]
+    if event.get("restart_needed"):
+        parts.append(f"needs a restart: {', '.join(clean(n) for n in event['restart_needed'])}")
+    return "; ".join(parts)
+
+
 def format_event(event: dict[str, Any], color: bool = False) -> str | None:
     """The text watch prints for one event (no trailing newline), or None."""
 
@@ -146,6 +158,9 @@ def format_event(event: dict[str, Any], color: bool = False) -> str | None:
         return c(DIM if attempt <= 1 else YELLOW, label) + c(BLUE, text(event.get("provider"))) + c(DIM, "/") + c(BLUE, text(event.get("model")))
     if kind == "dropped":
         return c(YELLOW, f"  ! {event.get('count', '?')} events dropped: this watcher fell behind the router")
+    if kind == "reload":
+        style = RED if not event.get("ok") else YELLOW if event.get("restart_needed") else GREEN
+        return c(DIM, f"{local_time(event.get('ts_ms'))}  ⟳  ") + c(style, reload_text(event)) + "\n"
     if kind != "complete":
         return None  # a newer router's event type: ignore it
 

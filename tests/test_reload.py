@@ -228,3 +228,22 @@ def test_llmrouter_reload_signals_the_pid_in_the_pid_file(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "llmrouter", "reload", "--pid-file", str(pid_file)],
                              cwd=tmp_path, env=environ(), capture_output=True, text=True)
     assert missing.returncode == 1 and "cannot signal" in missing.stderr
+
+
+# --- the live views show reloads ----------------------------------------------
+
+
+def test_watch_and_tui_show_applied_and_refused_reloads():
+    from llmrouter import tui_state, watch
+
+    applied = events.reload(0, True, "/etc/llmrouter/config.toml", [], ["server.port"], ["c"], [], ["b"])
+    refused = events.reload(0, False, "config.toml", ["config.toml: routers[1].provider: unknown provider 'nope'"], [], [], [], [])
+    line = watch.format_event(applied)
+    assert "config reloaded from /etc/llmrouter/config.toml; added: c; changed: b; needs a restart: server.port" in line
+    assert "config reload refused, nothing changed (1 problem(s)): config.toml: routers[1].provider: unknown provider 'nope'" in watch.format_event(refused)
+    state = tui_state.State()
+    for event in (applied, refused):
+        tui_state.reduce(state, event)
+    screen = "\n".join(tui_state.plain(tui_state.render(state, 30, 160, 0)))
+    assert "config reloaded from /etc/llmrouter/config.toml" in screen and "config reload refused" in screen
+    assert state.total.count == 0  # not counted as a request
