@@ -212,7 +212,7 @@ def summary(report: Report, first_changed: int = 10) -> str:
     if live:
         lines.append(f"{live} decision(s) depend on live state (random, discovery, in-flight counts, measurements): marked ~")
     lines.append("")
-    width = max((len(name) for name in (*before, *after)), default=8)
+    width = max((len(name) for name in ("provider", *before, *after)))
     lines.append(f"  {'provider':<{width}}  {'before':>6}  {'after':>6}")
     for name in dict.fromkeys([*before, *after]):
         lines.append(f"  {name:<{width}}  {before[name]:>6}  {after[name]:>6}")
