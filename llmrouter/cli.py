@@ -218,7 +218,8 @@ def serve(path: str | None, host: str | None, port: int | None, pid_file: str | 
         app = App(cfg)
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_on_signal, app)
-            tg.start_soon(reload_on_signal, app, reloader)
+            if hasattr(signal, "SIGHUP"):  # not on Windows
+                tg.start_soon(reload_on_signal, app, reloader)
             try:
                 bound = await tg.start(app.run)
             except OSError as exc:
@@ -234,6 +235,10 @@ def serve(path: str | None, host: str | None, port: int | None, pid_file: str | 
             await app.stopped.wait()
             tg.cancel_scope.cancel()
 
+    if hasattr(signal, "SIGHUP"):
+        # Until the reload handler is installed, a SIGHUP (an early `llmrouter
+        # reload`) must not end the process, as its default action would.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if pid_file:
         try:
             with open(pid_file, "w") as f:
@@ -266,10 +271,14 @@ async def reload_on_signal(app, reloader) -> None:
     """SIGHUP re-reads the config, one reload at a time (nginx and HAProxy do the same)."""
     import anyio
 
+    log = logging.getLogger("llmrouter")
     with anyio.open_signal_receiver(signal.SIGHUP) as signals:
         async for _ in signals:
-            logging.getLogger("llmrouter").info("SIGHUP: reloading the configuration")
-            await reloader(app)
+            log.info("SIGHUP: reloading the configuration")
+            try:
+                await reloader(app)
+            except Exception:  # a bug in a reload must not stop the router
+                log.exception("reload failed; the previous configuration stays in use")
 
 
 def _url_host(host: str) -> str:

@@ -91,13 +91,15 @@ class Reloader:
         """The config to apply and what changes, or the problems that refuse it
         (listed as `check` lists them)."""
         try:
-            cfg = config_mod.load(self.path, environ=self.environment())
+            environ = self.environment()
+        except OSError as exc:
+            return None, None, [f"llmrouter: cannot read {self.dotenv_path}: {exc}"]
+        try:
+            cfg = config_mod.load(self.path, environ=environ)
             cfg = config_mod.override_listen(cfg, host=self.host, port=self.port)
             return keep_running(running, cfg), plan(running, cfg), []
         except errors.ConfigError as exc:
             return None, None, list(exc.problems)
-        except OSError as exc:  # .env unreadable
-            return None, None, [f"{self.dotenv_path}: cannot read: {exc}"]
 
     async def __call__(self, app: Any) -> dict[str, Any]:
         """Reloads `app` (an App); returns the `reload` event it published."""

@@ -247,3 +247,46 @@ def test_watch_and_tui_show_applied_and_refused_reloads():
     screen = "\n".join(tui_state.plain(tui_state.render(state, 30, 160, 0)))
     assert "config reloaded from /etc/llmrouter/config.toml" in screen and "config reload refused" in screen
     assert state.total.count == 0  # not counted as a request
+
+
+def get_json(port: int, path: str) -> dict:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def test_circuit_states_carry_over_only_where_name_and_base_url_are_unchanged(tmp_path):
+    with FakeUpstream() as a, FakeUpstream() as b, FakeUpstream() as b2:
+        a.script = b.script = lambda r: Reply.error(500, "down")
+        by_prefix = '[[routers]]\ntype = "prefix"\nmodel_prefix = "b"\nprovider = "b"\n'
+
+        def text(b_url: str, a_extra: str = "") -> str:
+            return by_prefix + cfg(provider_config(a.url, "a", extra=a_extra), provider_config(b_url, "b"), route="a",
+                                   server="port = 0\nbreaker_failures = 1\nbreaker_cooldown = 600")
+
+        with RouterProcess(text(b.url), tmp_path) as router:
+            assert chat(router.port).status == chat(router.port, {**CHAT, "model": "b"}).status == 500  # passed on
+            opened = get_json(router.port, "/health?verbose")["breakers"]
+            router.config.write_text(text(b2.url, a_extra="quality = 0.5"))  # a: other settings, same base_url
+            hup_and_wait(router, RELOADED)
+            after = get_json(router.port, "/health?verbose")["breakers"]
+            refused = chat(router.port)
+    assert opened["a"]["state"] == opened["b"]["state"] == "open"
+    assert after["a"]["state"] == "open" and after["b"] == {"state": "closed", "failures": 0}
+    assert refused.status == 503 and len(a.requests) == 1  # a's circuit is still open: not even tried
+
+
+def test_discovery_lists_a_changed_ollama_provider_again(tmp_path):
+    with FakeUpstream(models=["first:latest"]) as one, FakeUpstream(models=["second:latest"]) as two:
+        text = '[server]\nport = 0\n{p}[[routers]]\ntype = "discover"\nprovider = "ol"\n'
+        with RouterProcess(text.format(p=provider_config(one.url, "ol", "ollama")), tmp_path) as router:
+            before = [m["id"] for m in get_json(router.port, "/v1/models")["data"]]
+            router.config.write_text(text.format(p=provider_config(two.url, "ol", "ollama")))
+            hup_and_wait(router, RELOADED)
+            after = [m["id"] for m in get_json(router.port, "/v1/models")["data"]]
+    assert before == ["first:latest"] and after == ["second:latest"]
