@@ -442,15 +442,14 @@ class Upstreams:
         kept = previous._pools if previous is not None else {}
         self._pools = {p.name: kept[p.name] if p.name in kept and kept[p.name].provider == p else _Pool(p) for p in providers}
 
-    async def retire(self, successor: Upstreams) -> list[str]:
+    async def retire(self, successor: Upstreams) -> None:
         """After a reload: the pools `successor` did not keep close their idle
         connections now and each busy one when its response ends (requests
-        that started before the reload still use them). Returns their names."""
-        retired = [pool for pool in self._pools.values() if successor._pools.get(pool.provider.name) is not pool]
-        for pool in retired:
-            pool.retired = True
-            await pool.aclose()
-        return [pool.provider.name for pool in retired]
+        that started before the reload still use them)."""
+        for pool in self._pools.values():
+            if successor._pools.get(pool.provider.name) is not pool:
+                pool.retired = True
+                await pool.aclose()
 
     def pool_stats(self, name: str) -> dict[str, int]:
         """Open, idle and ever-opened connections of one provider (for tests and /health)."""
