@@ -20,6 +20,7 @@ from harness import FeedReader, provider_config
 from llmrouter import config, events, reload
 from llmrouter.breaker import Circuit
 from subproc import RouterProcess, environ
+from test_dashboard import browser, scripted  # noqa: F401 (fixtures)
 
 ROUTE_ALL = '[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "{name}"\n'
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -290,3 +291,20 @@ def test_discovery_lists_a_changed_ollama_provider_again(tmp_path):
             hup_and_wait(router, RELOADED)
             after = [m["id"] for m in get_json(router.port, "/v1/models")["data"]]
     assert before == ["first:latest"] and after == ["second:latest"]
+
+
+def test_the_dashboard_shows_reloads_among_the_requests(browser, scripted):
+    from test_dashboard import card_texts, complete
+
+    browser.open(scripted.url + "/dashboard")
+    browser.wait_for("document.getElementById('status').textContent === 'live'")
+    scripted.send(complete(1, "local", (1, 2)))
+    scripted.send(events.reload(1_700_000_000_000, True, "/etc/llmrouter/config.toml", [], ["server.port"], ["paid"], [], ["local"]))
+    scripted.send(events.reload(1_700_000_000_000, False, "/etc/llmrouter/config.toml", ["config.toml: routers[0].type: <b>bad</b>"], [], [], [], []))
+    browser.wait_for("document.querySelectorAll('#done .card').length === 3")
+    refused, applied, request = card_texts(browser)
+    assert "config reload refused" in refused and "nothing changed" in refused and "<b>bad</b>" in refused
+    assert "config reloaded" in applied and "added: paid" in applied and "changed: local" in applied
+    assert "needs a restart: server.port" in applied
+    assert "local" in request
+    assert browser.js("document.querySelectorAll('#done b').length === 0")  # problems are shown as text
