@@ -128,6 +128,7 @@ def test_a_stream_started_before_sighup_finishes_on_the_old_provider_new_request
                 return await stream, fresh
 
             streamed, fresh = asyncio.run(main())
+            old_fake.wait_peer_closed(1)  # the removed provider's pool let its connection go once the stream ended
     assert streamed.status == 200 and streamed.complete and streamed.headers["x-router-provider"] == "old"
     text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
                    for line in streamed.body.decode().splitlines() if line.startswith("data: {") and '"choices":[{' in line)
