@@ -70,11 +70,10 @@ def test_replay_of_a_real_log_against_the_same_and_another_config(tmp_path):
         assert len(lines) == 5
         with open(log, "a") as f:
             f.write("{not json\n")
-        old_cfg, new_cfg = tmp_path / "old.toml", tmp_path / "new.toml"
-        old_cfg.write_text(served + OLD_RULES + KEYWORDS)
+        new_cfg = tmp_path / "new.toml"
         new_cfg.write_text(served + NEW_RULES + KEYWORDS)
 
-        same = run_replay(str(log), str(old_cfg), cwd=tmp_path)
+        same = run_replay(str(log), cwd=tmp_path)  # no CONFIG: ./config.toml, the one the router served with
         other = run_replay(str(log), str(new_cfg), "--json", "--seed", "7", cwd=tmp_path)
         again = run_replay(str(log), str(new_cfg), "--json", "--seed", "7", cwd=tmp_path)
         summary = run_replay(str(log), str(new_cfg), "--seed", "7", cwd=tmp_path)
