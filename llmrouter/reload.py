@@ -115,10 +115,8 @@ class Reloader:
             await app.reconfigure(new)
             for setting in changes.restart_needed:
                 print(f"llmrouter: reload: {setting} changed; it takes effect only after a restart", file=sys.stderr, flush=True)
-            log.info(
-                "reloaded %s: %d provider(s); added: %s; removed: %s; changed: %s",
-                new.source, len(new.providers), *(", ".join(names) or "none" for names in (changes.added, changes.removed, changes.changed)),
-            )
+            providers = "; ".join(f"{what}: {', '.join(names) or 'none'}" for what, names in (("added", changes.added), ("removed", changes.removed), ("changed", changes.changed)))
+            print(f"llmrouter: reloaded {new.source}: {len(new.providers)} provider(s); {providers}", file=sys.stderr, flush=True)
             event = events.reload(app.ctx.clock_ms(), True, new.source, [], changes.restart_needed, changes.added, changes.removed, changes.changed)
         app.bus.publish(event)
         return event
