@@ -94,8 +94,10 @@ class App:
         self.driver = self._driver(self.upstreams)
         self.config = config
         self.server.limits = config.server  # for connections accepted from now on
+        relist = self.discovery.reconfigure(config, self.upstreams)
+        # Everything above happened between two awaits: no request saw half of it.
         await old_upstreams.retire(self.upstreams)
-        await self.discovery.refresh_all(self.discovery.reconfigure(config, self.upstreams))
+        await self.discovery.refresh_all(relist)
 
     def shutdown(self) -> None:
         """Graceful: stop accepting, end event feeds, let in-flight requests finish."""
