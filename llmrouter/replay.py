@@ -26,8 +26,10 @@ from llmrouter import canonical, classifiers, errors, plugins, router
 from llmrouter.config import Config, Rule
 
 PLUGIN = "plugin"  # the provider name the log uses when a plugin answered
-# Refusals and invalid requests never reached routing: replaying them says nothing.
-ROUTED_ERROR_CODES = (errors.NoRoute.code, router.UnknownProvider.code)
+# The failures of requests that reached the plugins and rules without a provider
+# answering; any other record without a provider was refused or invalid before
+# routing, and replaying it would say nothing.
+ROUTED_ERROR_CODES = (errors.NoRoute.code, router.UnknownProvider.code, errors.CircuitOpen.code, errors.PluginError.code)
 
 
 @dataclass(frozen=True)
