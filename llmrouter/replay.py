@@ -16,7 +16,6 @@ caller passes the random generator (`--seed` makes `random` rules repeatable).
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -134,7 +133,7 @@ def _part(raw: Any) -> canonical.Part:
     return canonical.Opaque(str(raw.get("format", "")), {"type": kind})
 
 
-def decide(req: canonical.Request, config: Config, rng: random.Random) -> Outcome:
+def decide(req: canonical.Request, config: Config, rng: router.Rng) -> Outcome:
     """The route `config` gives `req`: plugins (on_start, pre_request),
     classifiers, then the first routing decision, as pipeline.handle runs them."""
     active, _ = plugins.resolve(config.plugins, [])
@@ -153,7 +152,7 @@ def decide(req: canonical.Request, config: Config, rng: random.Random) -> Outcom
     return Outcome(PLUGIN, req.model, None, None)
 
 
-def _route(req: canonical.Request, config: Config, rng: random.Random) -> Outcome:
+def _route(req: canonical.Request, config: Config, rng: router.Rng) -> Outcome:
     try:
         first = next(router.decisions(req, config, {}, rng))
     except errors.RouterError as err:
@@ -182,7 +181,7 @@ def records(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | None, 
         yield number, record, None
 
 
-def replay(lines: Iterable[str], config: Config, rng: random.Random) -> Report:
+def replay(lines: Iterable[str], config: Config, rng: router.Rng) -> Report:
     report = Report()
     for number, record, problem in records(lines):
         if record is None:
