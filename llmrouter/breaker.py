@@ -47,12 +47,16 @@ class Breakers:
         self.threshold = failures
         self.base = cooldown
         # Per provider; a reload hands the surviving providers' circuits on (reload.carry_over).
-        self.circuits: dict[str, Circuit] = {} if circuits is None else circuits
+        self._circuits: dict[str, Circuit] = {} if circuits is None else circuits
+
+    @property
+    def circuits(self) -> dict[str, Circuit]:
+        return self._circuits
 
     def allow(self, name: str, now: float) -> tuple[bool, Change | None]:
         """Whether a request may try `name` now; an open circuit whose
         cool-down is over lets this request through as its probe."""
-        c = self.circuits.get(name)
+        c = self._circuits.get(name)
         if c is None or c.state == CLOSED:
             return True, None
         if c.state == OPEN:
@@ -66,7 +70,7 @@ class Breakers:
         return True, None
 
     def success(self, name: str) -> Change | None:
-        c = self.circuits.get(name)
+        c = self._circuits.get(name)
         if c is None:
             return None
         was = c.state
@@ -74,7 +78,7 @@ class Breakers:
         return self._change(name, c) if was != CLOSED else None
 
     def failure(self, name: str, now: float) -> Change | None:
-        c = self.circuits.setdefault(name, Circuit())
+        c = self._circuits.setdefault(name, Circuit())
         c.failures += 1
         if c.state == HALF_OPEN:
             c.cooldown = min(c.cooldown * 2, max(MAX_COOLDOWN, self.base))
@@ -88,19 +92,19 @@ class Breakers:
     def abandon(self, name: str) -> None:
         """An attempt ended without telling anything about the provider
         (the client left, the request was invalid for it): free the probe slot."""
-        c = self.circuits.get(name)
+        c = self._circuits.get(name)
         if c is not None:
             c.probing = False
 
     def retry_in(self, names: list[str], now: float) -> float:
         """Seconds until the first of these open circuits lets a probe through."""
-        waits = [self.circuits[n].retry_at - now for n in names if n in self.circuits]
+        waits = [self._circuits[n].retry_at - now for n in names if n in self._circuits]
         return max(0.0, min(waits, default=0.0))
 
     def snapshot(self, names: list[str], now: float) -> dict[str, dict[str, object]]:
         out: dict[str, dict[str, object]] = {}
         for name in names:
-            c = self.circuits.get(name, Circuit())
+            c = self._circuits.get(name, Circuit())
             entry: dict[str, object] = {"state": c.state, "failures": c.failures}
             if c.state != CLOSED:
                 entry["cooldown_s"] = c.cooldown
