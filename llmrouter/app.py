@@ -26,6 +26,8 @@ from llmrouter.bus import EventBus
 from llmrouter.config import Config
 from llmrouter.discovery import Discovery
 from llmrouter.driver import Driver
+from llmrouter.measure import Measurements
+from llmrouter.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from llmrouter.pipeline import CLIENT_FORMATS, Context, Exchange, handle
 from llmrouter.reqlog import RequestLog
 from llmrouter.server import HTTPRequest, ProtocolFailure, ResponseWriter, Server
@@ -34,7 +36,7 @@ from llmrouter.upstream import Upstreams
 log = logging.getLogger("llmrouter")
 
 CHAT_ROUTES = {"/v1/chat/completions": "openai", "/v1/messages": "anthropic", "/v1/responses": "responses"}
-GET_ROUTES = ("/health", "/v1/models", "/dashboard", "/dashboard/events")
+GET_ROUTES = ("/health", "/v1/models", "/metrics", "/dashboard", "/dashboard/events")
 KEEPALIVE_EVERY = 15.0
 SUBSCRIBER_BUFFER = 1024
 FEED_SEND_TIMEOUT = 5.0  # a feed subscriber whose socket takes no data this long is cut off
@@ -49,6 +51,8 @@ class App:
         self.upstreams = Upstreams(config.providers)
         self.discovery = Discovery(config, self.upstreams)
         self.reqlog = RequestLog(config.logging.path) if config.logging.enabled else None
+        self.metrics = Metrics(config.metrics.model_label)
+        self.measurements = Measurements()  # handed to the Context; a reload carries its providers' entries over
         self.ctx = Context(
             config=config,
             discovered=self.discovery.models,
@@ -57,6 +61,7 @@ class App:
             new_seed=lambda: os.urandom(12).hex(),
             monotonic=time.monotonic,
             breakers=Breakers(config.server.breaker_failures, config.server.breaker_cooldown),
+            measurements=self.measurements,
         )
         self.driver = self._driver(self.upstreams)
         self.server = Server(self.handle, self.render_failure, config.server)
@@ -80,7 +85,7 @@ class App:
             self.stopped.set()
 
     def _driver(self, upstreams: Upstreams) -> Driver:
-        return Driver(upstreams, self.bus.publish, self.reqlog.append if self.reqlog else None, self.ctx.clock_ms)
+        return Driver(upstreams, self.bus.publish, self.reqlog.append if self.reqlog else None, self.ctx.clock_ms, self.observe)
 
     async def reconfigure(self, config: Config) -> None:
         """Hot reload (reload.py): `config` serves the requests that start from
@@ -90,8 +95,9 @@ class App:
         self.upstreams = Upstreams(config.providers, old_upstreams)
         circuits = reload.carry_over(old_config, config, self.ctx.breakers.circuits)
         breakers = Breakers(config.server.breaker_failures, config.server.breaker_cooldown, circuits)
+        self.measurements = Measurements(reload.carry_over(old_config, config, self.measurements.providers))
         # in_flight moves along: requests decrement the context current when they end.
-        self.ctx = dataclasses.replace(self.ctx, config=config, breakers=breakers, redact=None)
+        self.ctx = dataclasses.replace(self.ctx, config=config, breakers=breakers, measurements=self.measurements, redact=None)
         self.driver = self._driver(self.upstreams)
         self.config = config
         self.server.limits = config.server  # for connections accepted from now on
@@ -128,6 +134,8 @@ class App:
                 await self.health(request, writer)
             elif path == "/v1/models":
                 await self.models(writer)
+            elif path == "/metrics":
+                await self.render_metrics(writer)
             elif path == "/dashboard":
                 await self.dashboard(writer)
             else:
@@ -178,6 +186,25 @@ class App:
         finally:
             self.ctx.in_flight -= 1
 
+    def observe(self, record: dict[str, Any]) -> None:
+        """Feeds a request's `complete` record to the metrics and the live
+        measurements, and publishes the providers' new figures."""
+        self.metrics.observe(record)
+        for name in self.measurements.observe(record):
+            stats = self.measurements.get(name)
+            if stats is not None:
+                self.driver.publish(events.measured(record["ts_ms"], name, stats.to_json()))
+
+    async def render_metrics(self, writer: ResponseWriter) -> None:
+        now = self.ctx.monotonic()
+        states = self.ctx.breakers.snapshot([p.name for p in self.config.providers], now)
+        text = self.metrics.render(
+            in_flight=self.ctx.in_flight,
+            circuits={name: entry["state"] != "closed" for name, entry in states.items()},
+            events_dropped=self.bus.dropped_total,
+        )
+        await writer.respond(200, [("content-type", METRICS_CONTENT_TYPE)], text.encode())
+
     async def health(self, request: HTTPRequest, writer: ResponseWriter) -> None:
         if "verbose" not in request.query:
             await writer.respond(200, [("content-type", "text/plain; charset=utf-8")], b"ok")
@@ -199,6 +226,8 @@ class App:
             "discovered": {k: sorted(v) for k, v in self.discovery.models.items()},
             "events": self.bus.statistics(),
             "breakers": self.ctx.breakers.snapshot([p.name for p in self.config.providers], self.ctx.monotonic()),
+            # Model names come from clients: only where the feed is open too (no client key).
+            "measurements": self.measurements.to_json(per_model=not self.config.server.api_key),
         }
         await writer.respond(200, [("content-type", "application/json")], json.dumps(body).encode())
 

@@ -24,12 +24,13 @@ from llmrouter.config import Config
 log = logging.getLogger("llmrouter")
 T = TypeVar("T")
 
-# Settings a running process cannot take over: the bound socket and the open log.
+# Settings a running process cannot take over: the bound socket, the open log, the metrics' labels.
 RESTART_ONLY: tuple[tuple[str, Callable[[Config], Any]], ...] = (
     ("server.host", lambda c: c.server.host),
     ("server.port", lambda c: c.server.port),
     ("logging.enabled", lambda c: c.logging.enabled),
     ("logging.path", lambda c: c.logging.path),
+    ("metrics.model_label", lambda c: c.metrics.model_label),  # the counters' label set
 )
 
 
@@ -61,7 +62,7 @@ def keep_running(old: Config, new: Config) -> Config:
     except errors.ConfigError as exc:
         where = f"{new.source}: server (the router listens on {old.server.host} until a restart)"
         raise errors.ConfigError([p.replace("--host", where, 1) for p in exc.problems]) from None
-    return dataclasses.replace(pinned, logging=old.logging)
+    return dataclasses.replace(pinned, logging=old.logging, metrics=old.metrics)
 
 
 def carry_over(old: Config, new: Config, state: Mapping[str, T]) -> dict[str, T]:

@@ -262,7 +262,7 @@ def get_json(port: int, path: str) -> dict:
         conn.close()
 
 
-def test_circuit_states_carry_over_only_where_name_and_base_url_are_unchanged(tmp_path):
+def test_circuit_states_and_measurements_carry_over_only_where_name_and_base_url_are_unchanged(tmp_path):
     with FakeUpstream() as a, FakeUpstream() as b, FakeUpstream() as b2:
         a.script = b.script = lambda r: Reply.error(500, "down")
         by_prefix = '[[routers]]\ntype = "prefix"\nmodel_prefix = "b"\nprovider = "b"\n'
@@ -273,13 +273,16 @@ def test_circuit_states_carry_over_only_where_name_and_base_url_are_unchanged(tm
 
         with RouterProcess(text(b.url), tmp_path) as router:
             assert chat(router.port).status == chat(router.port, {**CHAT, "model": "b"}).status == 500  # passed on
-            opened = get_json(router.port, "/health?verbose")["breakers"]
+            opened = get_json(router.port, "/health?verbose")
             router.config.write_text(text(b2.url, a_extra="quality = 0.5"))  # a: other settings, same base_url
             hup_and_wait(router, RELOADED)
-            after = get_json(router.port, "/health?verbose")["breakers"]
+            after = get_json(router.port, "/health?verbose")
             refused = chat(router.port)
-    assert opened["a"]["state"] == opened["b"]["state"] == "open"
-    assert after["a"]["state"] == "open" and after["b"] == {"state": "closed", "failures": 0}
+    assert opened["breakers"]["a"]["state"] == opened["breakers"]["b"]["state"] == "open"
+    assert after["breakers"]["a"]["state"] == "open" and after["breakers"]["b"] == {"state": "closed", "failures": 0}
+    # The live measurements go the same way.
+    assert opened["measurements"]["a"]["error_rate"] == opened["measurements"]["b"]["error_rate"] == 1
+    assert after["measurements"]["a"] == opened["measurements"]["a"] and "b" not in after["measurements"]
     assert refused.status == 503 and len(a.requests) == 1  # a's circuit is still open: not even tried
 
 

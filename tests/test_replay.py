@@ -137,6 +137,16 @@ def test_rules_before_the_deciding_one_that_need_live_state_mark_it_and_no_route
     assert nothing.provider is None and "no provider" in nothing.error and nothing.live
 
 
+def test_least_busy_and_measured_rules_are_marked_live():
+    cfg = parse(provider_config("http://127.0.0.1:1", "a", extra="latency_ms = 100") + provider_config("http://127.0.0.1:2", "b", extra="latency_ms = 50")
+                + rules('type = "latency"\nmeasured = true', 'type = "least_busy"\nproviders = ["a", "b"]'))
+    outcome = replay.decide(replay.request_of(record("m", "hi")), cfg, random.Random(0))
+    # Nothing measured in a replay: the unmeasured candidates go first, in list order.
+    assert (outcome.provider, outcome.rule_index, outcome.live) == ("a", 0, ("live measurements",))
+    only_busy = parse(provider_config("http://127.0.0.1:1", "a") + rules('type = "least_busy"\nproviders = ["a"]'))
+    assert replay.decide(replay.request_of(record("m", "hi")), only_busy, random.Random(0)).live == ("requests in flight",)
+
+
 def test_logged_message_parts_come_back_and_malformed_records_are_reported_by_line():
     parts = [{"type": "text", "text": "look"}, {"type": "image", "media_type": "image/png", "bytes": 10},
              {"type": "tool_use", "id": "t1", "name": "f", "arguments": "{}"},

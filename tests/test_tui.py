@@ -471,3 +471,15 @@ def test_tui_waits_for_a_missing_router_and_quits_on_ctrl_c():
         assert term.proc.wait(10) == 0
     finally:
         term.close()
+
+
+def test_stats_show_each_providers_live_measurements():
+    s = State()
+    reduce(s, complete(1, "paid"))
+    measured = {"type": "measured", "v": 1, "ts_ms": TS, "samples": 4, "in_flight": 2, "ttft_ms": 412.4, "duration_ms": 900.0, "tokens_per_sec": 55.6, "error_rate": 0.25}
+    reduce(s, {**measured, "provider": "paid"})
+    reduce(s, {**measured, "provider": "down", "in_flight": 0, "ttft_ms": None, "tokens_per_sec": None, "error_rate": 1.0, "samples": 0})
+    text = screen(s, width=200)
+    assert "   now: 2 in flight · ttft 412ms · 56 tok/s · 25% err · 4 samples" in text
+    # A provider that never answered still shows how it is doing.
+    assert " down  0 (0%)" in text and "   now: 0 in flight · ttft – · – · 100% err · 0 samples" in text
