@@ -312,3 +312,23 @@ def test_the_dashboard_shows_reloads_among_the_requests(browser, scripted):
     assert "needs a restart: server.port" in applied
     assert "local" in request
     assert browser.js("document.querySelectorAll('#done b').length === 0")  # problems are shown as text
+
+
+def test_allowed_hosts_apply_at_once(tmp_path):
+    import http.client
+
+    def status_for_host(port: int, host: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("POST", "/v1/chat/completions", json.dumps(CHAT), {"Host": host, "content-type": "application/json"})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    with FakeUpstream() as fake:
+        with RouterProcess(cfg(provider_config(fake.url, "a"), route="a"), tmp_path) as router:
+            before = status_for_host(router.port, "llm.example")
+            router.config.write_text(cfg(provider_config(fake.url, "a"), route="a", server='port = 0\nallowed_hosts = ["llm.example"]'))
+            hup_and_wait(router, RELOADED)
+            after = status_for_host(router.port, "llm.example")
+    assert (before, after) == (403, 200)
