@@ -6,6 +6,7 @@ all on `App.shutdown()`; `App.handle` is the HTTP handler the server calls.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import itertools
 import json
@@ -21,7 +22,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from llmrouter import errors, events, router
+from llmrouter import errors, events, reload, router
 from llmrouter.breaker import Breakers
 from llmrouter.bus import EventBus
 from llmrouter.config import Config
@@ -61,7 +62,7 @@ class App:
         self.discovery = Discovery(config, self.upstreams)
         self.reqlog = RequestLog(config.logging.path) if config.logging.enabled else None
         self.metrics = Metrics(config.metrics.model_label)
-        self.measurements = Measurements()  # one object, handed to every Context (and kept across reloads)
+        self.measurements = Measurements()  # handed to the Context; a reload carries its providers' entries over
         self.ctx = Context(
             config=config,
             discovered=self.discovery.models,
@@ -72,8 +73,8 @@ class App:
             breakers=Breakers(config.server.breaker_failures, config.server.breaker_cooldown),
             measurements=self.measurements,
         )
-        self.ollama = OllamaAPI(config, self.discovery.models, self.upstreams, self.ctx.rng, time.time())
-        self.driver = Driver(self.upstreams, self.bus.publish, self.reqlog.append if self.reqlog else None, self.ctx.clock_ms, self.observe)
+        self.driver = self._driver(self.upstreams)
+        self.ollama = OllamaAPI(self, time.time())
         self.server = Server(self.handle, self.render_failure, config.server)
         self._ids = itertools.count()
         self.stopped = anyio.Event()  # set once run() has drained and closed everything
@@ -95,6 +96,29 @@ class App:
             await self.upstreams.aclose()
         finally:
             self.stopped.set()
+
+    def _driver(self, upstreams: Upstreams) -> Driver:
+        return Driver(upstreams, self.bus.publish, self.reqlog.append if self.reqlog else None, self.ctx.clock_ms, self.observe)
+
+    async def reconfigure(self, config: Config) -> None:
+        """Hot reload (reload.py): `config` serves the requests that start from
+        now on; running ones finish with the context, driver and pools they
+        began with. State kept per provider carries over (reload.carry_over)."""
+        old_config, old_upstreams = self.config, self.upstreams
+        self.upstreams = Upstreams(config.providers, old_upstreams)
+        circuits = reload.carry_over(old_config, config, self.ctx.breakers.circuits)
+        breakers = Breakers(config.server.breaker_failures, config.server.breaker_cooldown, circuits)
+        self.measurements = Measurements(reload.carry_over(old_config, config, self.measurements.providers))
+        # in_flight moves along: requests decrement the context current when they end.
+        self.ctx = dataclasses.replace(self.ctx, config=config, breakers=breakers, measurements=self.measurements, redact=None)
+        self.driver = self._driver(self.upstreams)
+        self.config = config
+        self.hosts = HostGuard(config.server.host, config.server.allowed_hosts)
+        self.server.limits = config.server  # for connections accepted from now on
+        relist = self.discovery.reconfigure(config, self.upstreams)
+        # Everything above happened between two awaits: no request saw half of it.
+        await old_upstreams.retire(self.upstreams)
+        await self.discovery.refresh_all(relist)
 
     def shutdown(self) -> None:
         """Graceful: stop accepting, end event feeds, let in-flight requests finish."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -10,7 +11,7 @@ import sys
 
 from llmrouter import __version__
 
-COMMANDS = ("serve", "check", "init", "watch", "tui")
+COMMANDS = ("serve", "check", "init", "reload", "replay", "watch", "tui")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Exit statuses (README.md): 0 stopped normally, 2 a config problem, this one
 # when the listening socket cannot be had (port in use, address not local).
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("config", nargs="?", help="config file (default ./config.toml, else the built-in default)")
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument("--pid-file", help="write the process id here (for `llmrouter reload`); removed on exit")
     check = sub.add_parser("check", help="validate a config and print what it means")
     check.add_argument("config", nargs="?", help="config file (default ./config.toml, else the built-in default)")
     init = sub.add_parser("init", help="write a config for what runs on this host (asks 127.0.0.1 only)")
@@ -42,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="replace the file if it exists")
     init.add_argument("--port", action="append", default=[], metavar="SERVER=PORT",
                       help="look for a local server on another port: llama.cpp, ollama, vllm or lmstudio (repeatable)")
+    reload = sub.add_parser("reload", help="make a running router re-read its config (sends SIGHUP)")
+    reload.add_argument("--pid-file", default="llmrouter.pid", help="the file `serve --pid-file` wrote (default ./llmrouter.pid)")
+    replay = sub.add_parser("replay", help="what a config would have done with the requests of a JSONL log")
+    replay.add_argument("log", help="a request log (logging.path)")
+    replay.add_argument("config", nargs="?", help="config file (default: the one `serve` would use)")
+    replay.add_argument("--json", action="store_true", help="one JSON object per request instead of the summary")
+    replay.add_argument("--seed", type=int, help="seed for `random` rules (repeatable results)")
     _add_view_parsers(sub)
     return parser
 
@@ -119,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from llmrouter import dotenv
 
+    real_environ = dict(os.environ)  # before .env: a reload re-reads .env on top of this
     try:
         loaded = dotenv.load_dotenv(".env")
     except OSError as exc:
@@ -132,6 +142,17 @@ def main(argv: list[str] | None = None) -> int:
         from llmrouter import init
 
         return init.run(args.path, args.force, args.port)
+    if args.command == "reload":
+        from llmrouter import reload
+
+        problem = reload.send_signal(args.pid_file)
+        if problem:
+            print(f"llmrouter: {problem}", file=sys.stderr)
+            return 1
+        print("llmrouter: reload requested; the router reports the outcome on its stderr and as a `reload` event", file=sys.stderr)
+        return 0
+    if args.command == "replay":
+        return replay(args.log, args.config, args.json, args.seed)
     if args.command == "watch":
         from llmrouter import watch
 
@@ -140,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         from llmrouter import tui
 
         return tui.run(args.url, args.model)
-    return serve(args.config, args.host, args.port)
+    return serve(args.config, args.host, args.port, args.pid_file, real_environ)
 
 
 def _first_positional(argv: list[str]) -> int:
@@ -197,7 +218,33 @@ def check(path: str | None) -> int:
     return 0
 
 
-def serve(path: str | None, host: str | None, port: int | None) -> int:
+def replay(log_path: str, config_path: str | None, as_json: bool, seed: int | None) -> int:
+    """Reads the log and the config; the decisions are replay.py's (pure, no network)."""
+    import json
+    import random
+
+    from llmrouter import replay as replaying
+
+    cfg = _load(config_path)
+    if cfg is None:
+        return 2
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            report = replaying.replay(f, cfg, random.Random(seed))
+    except OSError as exc:
+        print(f"llmrouter: cannot read {log_path}: {exc}", file=sys.stderr)
+        return 2
+    for number, problem in report.malformed:
+        print(f"{log_path}:{number}: skipped: {problem}", file=sys.stderr)
+    if as_json:
+        for row in report.replayed:
+            print(json.dumps(row.to_json()))
+    else:
+        print(replaying.summary(report))
+    return 0
+
+
+def serve(path: str | None, host: str | None, port: int | None, pid_file: str | None = None, real_environ: dict[str, str] | None = None) -> int:
     from llmrouter import config, errors
 
     cfg = _load(path)
@@ -216,6 +263,9 @@ def serve(path: str | None, host: str | None, port: int | None) -> int:
 
     from llmrouter import router
     from llmrouter.app import App
+    from llmrouter.reload import Reloader
+
+    reloader = Reloader(path, host, port, os.environ if real_environ is None else real_environ)
 
     log = logging.getLogger("llmrouter")
     for warning in (*cfg.warnings, *router.check_rules(cfg)):
@@ -228,6 +278,8 @@ def serve(path: str | None, host: str | None, port: int | None) -> int:
         app = App(cfg)
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_on_signal, app)
+            if hasattr(signal, "SIGHUP"):  # not on Windows
+                tg.start_soon(reload_on_signal, app, reloader)
             try:
                 bound = await tg.start(app.run)
             except OSError as exc:  # the port is taken, the address is not this machine's, ...
@@ -249,10 +301,25 @@ def serve(path: str | None, host: str | None, port: int | None) -> int:
             await app.stopped.wait()
             tg.cancel_scope.cancel()
 
+    if hasattr(signal, "SIGHUP"):
+        # Until the reload handler is installed, a SIGHUP (an early `llmrouter
+        # reload`) must not end the process, as its default action would.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if pid_file:
+        try:
+            with open(pid_file, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            print(f"llmrouter: cannot write the pid file: {exc}", file=sys.stderr)
+            return 2
     try:
         anyio.run(main_task)
     except KeyboardInterrupt:
         pass
+    finally:
+        if pid_file:
+            with contextlib.suppress(OSError):
+                os.unlink(pid_file)
     return exit_status
 
 
@@ -264,3 +331,18 @@ async def stop_on_signal(app) -> None:
             logging.getLogger("llmrouter").info("%s: finishing in-flight requests, then stopping", signal.Signals(signum).name)
             app.shutdown()
             break
+
+
+async def reload_on_signal(app, reloader) -> None:
+    """SIGHUP re-reads the config, one reload at a time (nginx and HAProxy do the same)."""
+    import anyio
+
+    log = logging.getLogger("llmrouter")
+    with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            log.info("SIGHUP: reloading the configuration")
+            try:
+                await reloader(app)
+            except Exception:  # a bug in a reload must not stop the router
+                log.exception("reload failed; the previous configuration stays in use")
+

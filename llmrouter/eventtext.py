@@ -97,6 +97,18 @@ def attempts_text(event: dict[str, Any]) -> str | None:
     return " → ".join(steps)
 
 
+def reload_text(event: dict[str, Any]) -> str:
+    """One line about a `reload` event (watch, tui)."""
+    if not event.get("ok"):
+        problems = [clean(p) for p in event.get("problems") or []]
+        return f"config reload refused, nothing changed ({len(problems)} problem(s)){': ' + problems[0] if problems else ''}"
+    parts = [f"config reloaded from {clean(event.get('source'))}"]
+    parts += [f"{key}: {', '.join(clean(n) for n in event[key])}" for key in ("added", "removed", "changed") if event.get(key)]
+    if event.get("restart_needed"):
+        parts.append(f"needs a restart: {', '.join(clean(n) for n in event['restart_needed'])}")
+    return "; ".join(parts)
+
+
 def measured_text(event: dict[str, Any]) -> str:
     """A `measured` event's live figures, in one line (watch --stats, tui)."""
 

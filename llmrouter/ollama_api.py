@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
 from llmrouter import canonical, errors, router
 from llmrouter.config import Config, Provider
+from llmrouter.discovery import Discovery
 from llmrouter.formats import UpstreamCall, ollama_client
+from llmrouter.pipeline import Context
 from llmrouter.server import HTTPRequest, ResponseWriter
 from llmrouter.upstream import Upstreams
 
@@ -36,12 +37,18 @@ def is_ollama_path(path: str) -> bool:
     return path == "/" or path.startswith("/api/")
 
 
+class Live(Protocol):
+    """What the app holds now: a reload swaps these, so they are read per request."""
+
+    config: Config
+    discovery: Discovery
+    upstreams: Upstreams
+    ctx: Context
+
+
 class OllamaAPI:
-    def __init__(self, config: Config, discovered: Any, upstreams: Upstreams, rng: random.Random, now: float) -> None:
-        self.config = config
-        self.discovered = discovered  # provider name -> model names (live)
-        self.upstreams = upstreams
-        self.rng = rng
+    def __init__(self, app: Live, now: float) -> None:
+        self.app = app
         self.started_at = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     async def handle(self, request: HTTPRequest, writer: ResponseWriter) -> None:
@@ -68,7 +75,7 @@ class OllamaAPI:
         await _json(writer, ollama_client.error_body(err), status or err.status)
 
     async def root(self, request: HTTPRequest, writer: ResponseWriter) -> None:
-        if "text/html" in request.headers.get("accept", "") and self.config.server.dashboard:
+        if "text/html" in request.headers.get("accept", "") and self.app.config.server.dashboard:
             page = f'<!doctype html><title>llmrouter</title><p>{RUNNING} (llmrouter). <a href="/dashboard">Dashboard</a></p>'
             await writer.respond(200, [("content-type", "text/html; charset=utf-8")], page.encode())
             return
@@ -81,7 +88,7 @@ class OllamaAPI:
         await _json(writer, {"models": []})  # what an upstream has loaded is its own business
 
     async def tags(self, request: HTTPRequest, writer: ResponseWriter) -> None:
-        names = dict.fromkeys(model for model, _ in router.available_models(self.config, self.discovered))
+        names = dict.fromkeys(model for model, _ in router.available_models(self.app.config, self.app.discovery.models))
         await _json(writer, {"models": [self.model_entry(name) for name in names]})
 
     def model_entry(self, name: str) -> dict[str, Any]:
@@ -98,7 +105,8 @@ class OllamaAPI:
             await self.error(writer, errors.BadRequest("model must be a non-empty string", param="model"))
             return
         try:
-            decision = next(router.decisions(canonical.Request(model=name, messages=[]), self.config, self.discovered, self.rng))
+            app = self.app
+            decision = next(router.decisions(canonical.Request(model=name, messages=[]), app.config, app.discovery.models, app.ctx.rng, app.ctx.measurements))
         except (errors.RouterError, StopIteration):
             await self.error(writer, errors.NotFound(f"model '{name}' not found"))
             return
@@ -118,7 +126,7 @@ class OllamaAPI:
         headers.extend(provider.headers)
         try:
             with anyio.fail_after(provider.total_timeout):
-                stream = await self.upstreams.open(provider, UpstreamCall("/api/show", headers, json.dumps(body).encode()))
+                stream = await self.app.upstreams.open(provider, UpstreamCall("/api/show", headers, json.dumps(body).encode()))
                 try:
                     data = await stream.read_all(SHOW_REPLY_LIMIT)
                 finally:

@@ -17,7 +17,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmrouter.eventtext import clean, clock_text, error_text, is_error, measured_text, model_text, prompt_of, tokens_of
+from llmrouter.eventtext import clean, clock_text, error_text, is_error, measured_text, model_text, prompt_of, reload_text, tokens_of
 
 DEFAULT_MODEL = "llama3.1:8b"
 MAX_ENTRIES = 200
@@ -133,6 +133,9 @@ def reduce(state: State, event: dict[str, Any]) -> State:
             pending.attempt = _int(event.get("attempt")) or 1
     elif kind == "complete":
         _complete(state, event)
+    elif kind == "reload":  # shown among the requests, where it happened
+        state.entries.insert(0, event)
+        del state.entries[MAX_ENTRIES:]
     elif kind == "dropped":
         state.dropped += _int(event.get("count"))
     elif kind == "measured":
@@ -410,6 +413,9 @@ def _feed_pane(cv: Canvas, s: State, y: int, x: int, h: int, w: int, now_ms: int
 
 
 def _entry_lines(e: dict[str, Any], prices: dict[str, float | None], utc_offset_s: int) -> list[list[tuple[str, str]]]:
+    if e.get("type") == "reload":
+        style = "red" if not e.get("ok") else "yellow" if e.get("restart_needed") else "green"
+        return [[(clock_text(e.get("ts_ms"), utc_offset_s) + "  ⟳  ", "dim"), (reload_text(e), style)], []]
     failed = is_error(e)
     head = [(clock_text(e.get("ts_ms"), utc_offset_s) + "  ", "dim"), (clean(e.get("provider") or "(no provider)"), "bold")]
     first, rewritten = model_text(e)

@@ -268,6 +268,8 @@ class _Pool:
     connections never exceed max_connections."""
 
     def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        self.retired = False  # replaced by a reload: keeps no idle connection
         url = httpcore.URL(provider.base_url)
         self.tls = url.scheme == b"https"
         self.host = url.host.decode("ascii")
@@ -355,7 +357,7 @@ class _Pool:
         """Takes a connection whose response was closed: idle ones are kept."""
         if conn.closed:
             return
-        if not conn.http.is_idle():
+        if self.retired or not conn.http.is_idle():
             await self.discard(conn)
             return
         now = time.monotonic()
@@ -451,8 +453,20 @@ class UpstreamStream:
 
 
 class Upstreams:
-    def __init__(self, providers: tuple[Provider, ...]) -> None:
-        self._pools = {p.name: _Pool(p) for p in providers}
+    def __init__(self, providers: tuple[Provider, ...], previous: Upstreams | None = None) -> None:
+        """`previous`: the pools of a reloaded config; a provider whose settings
+        are all unchanged (its key aside: keys only go into headers) keeps its pool."""
+        kept = previous._pools if previous is not None else {}
+        self._pools = {p.name: kept[p.name] if p.name in kept and kept[p.name].provider == p else _Pool(p) for p in providers}
+
+    async def retire(self, successor: Upstreams) -> None:
+        """After a reload: the pools `successor` did not keep close their idle
+        connections now and each busy one when its response ends (requests
+        that started before the reload still use them)."""
+        for pool in self._pools.values():
+            if successor._pools.get(pool.provider.name) is not pool:
+                pool.retired = True
+                await pool.aclose()
 
     def pool_stats(self, name: str) -> dict[str, int]:
         """Open, idle and ever-opened connections of one provider (for tests and /health)."""

@@ -26,6 +26,7 @@ from llmrouter.eventtext import (
     measured_text,
     model_text,
     prompt_of,
+    reload_text,
     tokens_of,
 )
 from llmrouter.sse import SSESplitter
@@ -75,6 +76,9 @@ def format_event(event: dict[str, Any], color: bool = False, stats: bool = False
         return c(DIM if attempt <= 1 else YELLOW, label) + c(BLUE, text(event.get("provider"))) + c(DIM, "/") + c(BLUE, text(event.get("model")))
     if kind == "dropped":
         return c(YELLOW, f"  ! {event.get('count', '?')} events dropped: this watcher fell behind the router")
+    if kind == "reload":
+        style = RED if not event.get("ok") else YELLOW if event.get("restart_needed") else GREEN
+        return c(DIM, f"{local_time(event.get('ts_ms'))}  ⟳  ") + c(style, reload_text(event)) + "\n"
     if kind == "measured":
         if not stats:
             return None

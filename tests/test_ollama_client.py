@@ -446,3 +446,20 @@ def test_metrics_name_the_ollama_endpoints(client, router):
     status, _, body = raw(router, "GET", "/metrics")
     text = body.decode()
     assert status == 200 and 'endpoint="/api/chat"' in text and 'endpoint="/api/generate"' in text
+
+
+def test_a_reload_changes_what_tags_and_show_answer():
+    from harness import make_config
+
+    def config(model: str, url: str) -> str:
+        return (f'[server]\nport = 0\n[[providers]]\nname = "an"\nformat = "anthropic"\nbase_url = "{url}"\n'
+                f'models = ["{model}"]\n[[routers]]\ntype = "prefix"\nmodel_prefix = "{model}"\nprovider = "an"\n')
+
+    with FakeUpstream() as fake, running_router(config("before", fake.url)) as router:
+        client = ollama.Client(host=router.url, timeout=30)
+        assert [m.model for m in client.list().models] == ["before"]
+        router.loop.call(router.app.reconfigure, make_config(config("after", fake.url)))
+        assert [m.model for m in client.list().models] == ["after"]
+        assert "tools" in client.show("after").capabilities
+        with pytest.raises(ollama.ResponseError):
+            client.show("before")

@@ -39,6 +39,7 @@ PURE = (
     "redact.py",
     "eventtext.py",
     "tui_state.py",
+    "replay.py",
     "init_template.py",
 )
 # Top-level names a pure module must not import: event loops, sockets, TLS,
