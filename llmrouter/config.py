@@ -63,6 +63,7 @@ class ServerConfig:
 class LoggingConfig:
     enabled: bool = False
     path: str = "logs/requests.jsonl"  # after ${VAR} and ~ expansion, made absolute by load
+    embedding_inputs: bool = False  # log embedding input texts (else only their count and sizes)
 
 
 @dataclass(frozen=True)
@@ -497,7 +498,7 @@ def _server(r: _Reader, raw: Any, environ: Mapping[str, str]) -> ServerConfig:
     return server
 
 
-_LOGGING_SPEC: dict[str, Check | None] = {"enabled": _bool, "path": _nonempty}
+_LOGGING_SPEC: dict[str, Check | None] = {"enabled": _bool, "path": _nonempty, "embedding_inputs": _bool}
 
 
 def _logging(r: _Reader, raw: Any, environ: Mapping[str, str], base_dir: str | None) -> LoggingConfig:
