@@ -35,7 +35,8 @@ log = logging.getLogger("llmrouter")
 # POST endpoints served by the pipeline -> their client format (pipeline.CLIENT_FORMATS).
 CHAT_ROUTES = {
     "/v1/chat/completions": "openai", "/v1/messages": "anthropic", "/v1/responses": "responses",
-    "/v1/completions": "openai-completions",
+    "/v1/completions": "openai-completions", "/v1/embeddings": "openai-embeddings",
+    "/api/embed": "ollama-embed", "/api/embeddings": "ollama-embeddings",
 }
 GET_ROUTES = ("/health", "/v1/models", "/dashboard", "/dashboard/events")
 KEEPALIVE_EVERY = 15.0

@@ -36,13 +36,16 @@ from llmrouter.commands import (
 )
 from llmrouter.config import Config
 from llmrouter.redact import Redactor
-from llmrouter.formats import anthropic, ollama, ollama_generate, openai, openai_completions, responses
+from llmrouter.formats import (
+    anthropic, ollama, ollama_embed, ollama_generate, openai, openai_completions, openai_embeddings, responses,
+)
 
 # Client endpoints by name (app.py maps paths to these). A module that serves
 # another kind than chat says so in KIND, and its wire format in FORMAT.
 CLIENT_FORMATS = {
     "openai": openai, "anthropic": anthropic, "responses": responses,
-    "openai-completions": openai_completions,
+    "openai-completions": openai_completions, "openai-embeddings": openai_embeddings,
+    "ollama-embed": ollama_embed.embed_client, "ollama-embeddings": ollama_embed.embeddings_client,
 }
 UPSTREAM_FORMATS = {"openai": openai, "anthropic": anthropic, "ollama": ollama}
 # Upstream codecs per request kind and provider format; a format missing here
@@ -50,6 +53,7 @@ UPSTREAM_FORMATS = {"openai": openai, "anthropic": anthropic, "ollama": ollama}
 KIND_UPSTREAMS = {
     canonical.CHAT: UPSTREAM_FORMATS,
     canonical.COMPLETION: {"openai": openai_completions, "ollama": ollama_generate},
+    canonical.EMBEDDING: {"openai": openai_embeddings, "ollama": ollama_embed},
 }
 
 MAX_REPLY_BYTES = 64 * 1024 * 1024
@@ -243,7 +247,7 @@ def _route(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, stat
     if unable:
         names = ", ".join(f"'{name}' (format {fmt})" for name, fmt in unable.items())
         raise errors.KindNotSupported(f"no provider routed for model '{req.model}' can serve {req.kind} requests: "
-                                      f"provider {names} has no {req.kind} API", param="model")
+                                      f"provider {names} has no API for them", param="model")
     raise errors.NoRoute(f"no provider configured for model '{req.model}'", param="model")
 
 
@@ -282,6 +286,10 @@ def _call(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, state
         return
     data = yield ReadUpstreamBody(MAX_REPLY_BYTES)
     state.response = upstream.parse_response(data)
+    if req.kind == canonical.EMBEDDING and len(state.response.vectors) != len(req.messages):
+        raise errors.UpstreamProtocolError(
+            f"provider '{provider.name}' sent {len(state.response.vectors)} embeddings for {len(req.messages)} inputs"
+        )
     if formats.passthrough(req, provider.format):
         ex.raw_reply = data
 
