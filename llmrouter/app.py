@@ -58,6 +58,7 @@ class App:
             discovered=self.discovery.models,
             rng=random.Random(),
             clock_ms=lambda: int(time.time() * 1000),
+            new_seed=lambda: os.urandom(12).hex(),
             monotonic=time.monotonic,
             breakers=Breakers(config.server.breaker_failures, config.server.breaker_cooldown),
         )

@@ -145,9 +145,18 @@ class Request:
     seed: int | None = None
     dimensions: int | None = None  # embedding: the vector length asked for
     encoding_format: str = "float"  # embedding: what the client wants back, "float" | "base64"
-    now: float = 0.0  # epoch seconds, set by the pipeline (formats read no clock)
-    id_seed: str = ""  # hex, unique per request: formats derive reply ids from it
+    # Set by the pipeline right after parsing, so that formats stay pure:
+    now: float = 0.0  # wall clock, epoch seconds (`created` timestamps)
+    id_seed: str = ""  # hex, unique per request: every id a format makes derives from it
+    # What a format dropped or ignored while parsing; the pipeline logs it (debug).
     warnings: list[str] = field(default_factory=list)
+    ids_made: int = field(default=0, compare=False)  # by new_id, so that each id differs
+
+    def new_id(self, prefix: str) -> str:
+        """`prefix` + the request's seed + a counter: unique within the request
+        (the counter) and across requests (the seed), with no randomness here."""
+        self.ids_made += 1
+        return f"{prefix}{self.id_seed}{self.ids_made:x}"
 
     @property
     def prompt(self) -> str:

@@ -13,6 +13,7 @@ request ends (errors and disconnects included).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import random
@@ -42,15 +43,15 @@ from llmrouter.formats import (
 
 # Client endpoints by name (app.py maps paths to these). A module that serves
 # another kind than chat says so in KIND, and its wire format in FORMAT.
-CLIENT_FORMATS = {
+CLIENT_FORMATS: dict[str, formats.ClientFormat | formats.EmbeddingClientFormat] = {
     "openai": openai, "anthropic": anthropic, "responses": responses,
     "openai-completions": openai_completions, "openai-embeddings": openai_embeddings,
     "ollama-embed": ollama_embed.embed_client, "ollama-embeddings": ollama_embed.embeddings_client,
 }
-UPSTREAM_FORMATS = {"openai": openai, "anthropic": anthropic, "ollama": ollama}
+UPSTREAM_FORMATS: dict[str, formats.UpstreamFormat] = {"openai": openai, "anthropic": anthropic, "ollama": ollama}
 # Upstream codecs per request kind and provider format; a format missing here
 # has no such API (Anthropic has neither completions nor embeddings).
-KIND_UPSTREAMS = {
+KIND_UPSTREAMS: dict[str, dict[str, Any]] = {  # UpstreamFormat; EmbeddingUpstreamFormat for embeddings
     canonical.CHAT: UPSTREAM_FORMATS,
     canonical.COMPLETION: {"openai": openai_completions, "ollama": ollama_generate},
     canonical.EMBEDDING: {"openai": openai_embeddings, "ollama": ollama_embed},
@@ -64,6 +65,12 @@ FORWARDED_HEADERS = ("anthropic-beta",)
 Pipeline = Generator[Command, Any, None]
 
 
+def _counting_seeds() -> Callable[[], str]:
+    """Deterministic id seeds (tests); app.py passes random ones."""
+    count = itertools.count(1)
+    return lambda: f"{next(count):08x}"
+
+
 @dataclass
 class Context:
     """What every request shares: immutable config plus live routing state."""
@@ -72,6 +79,7 @@ class Context:
     discovered: Mapping[str, Collection[str]] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
     clock_ms: Callable[[], int] = lambda: 0  # wall clock, epoch ms
+    new_seed: Callable[[], str] = field(default_factory=_counting_seeds)  # a hex string, unique per request
     monotonic: Callable[[], float] = lambda: 0.0
     in_flight: int = 0
     breakers: breaker.Breakers = field(default_factory=breaker.Breakers)
@@ -96,7 +104,7 @@ class Exchange:
     record: events.Record
     response_started: bool = False
     error_sent: bool = False  # an in-band error already went to the client
-    encoder: Any = None  # the client-format stream encoder, once streaming
+    encoder: formats.ClientEncoder | None = None  # the client-format stream encoder, once streaming
     collector: canonical.ResponseCollector | None = None  # what a stream carried so far
     raw_reply: bytes | None = None  # an upstream body forwarded unchanged
     refusal: errors.RouterError | None = None  # refused before routing (access rules, method)
@@ -117,14 +125,15 @@ def handle(ctx: Context, ex: Exchange) -> Pipeline:
             yield from _send_error(ex, client, err)
         else:
             rec.status = 200  # the status line the client already has
+            assert ex.encoder is not None  # a response starts only with a stream's first frame or a whole body
             if not ex.error_sent:
                 yield SendBody(ex.encoder.error(canonical.StreamError(err.message, err.status, err.kind)))
             # Cut the body short (no terminating chunk) unless the format's
             # in-band error is itself a terminal event its clients wait for.
-            yield EndResponse() if getattr(ex.encoder, "end_after_error", False) else AbortResponse()
+            yield EndResponse() if ex.encoder.end_after_error else AbortResponse()
 
 
-def _serve(ctx: Context, ex: Exchange, client: Any) -> Pipeline:
+def _serve(ctx: Context, ex: Exchange, client: formats.ClientFormat) -> Pipeline:
     rec = ex.record
     body, problem = _decode_json(ex.body)
     if isinstance(body, dict):
@@ -138,7 +147,10 @@ def _serve(ctx: Context, ex: Exchange, client: Any) -> Pipeline:
         raise errors.BadRequest(problem)
 
     req = client.parse_request(body)
-    req.now, req.id_seed = ctx.clock_ms() / 1000, f"{ctx.rng.getrandbits(128):032x}"
+    # Formats read no clock and no randomness: the time and the seed of every
+    # id they make come with the request.
+    req.now, req.id_seed = ctx.clock_ms() / 1000, ctx.new_seed()
+    yield from _log_all(req.warnings, "debug")
     req.extras["headers"] = {h: ex.headers[h] for h in FORWARDED_HEADERS if h in ex.headers}
     log_inputs = ctx.config.logging.embedding_inputs
     _record_prompt(rec, req, log_inputs)
@@ -190,7 +202,7 @@ def _serve(ctx: Context, ex: Exchange, client: Any) -> Pipeline:
     yield EndResponse()
 
 
-def _route(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, state: Any) -> Pipeline:
+def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canonical.Request, state: plugins.PluginState) -> Pipeline:
     """Tries providers in the router's order until one answers (fallback)."""
     rec = ex.record
     server = ctx.config.server
@@ -265,14 +277,18 @@ def _publish_breaker(ctx: Context, change: breaker.Change | None) -> Pipeline:
         yield Publish(events.breaker(ctx.clock_ms(), change.provider, change.state, change.failures, change.cooldown))
 
 
-def _call(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, state: Any, decision: Any) -> Pipeline:
+def _call(
+    ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canonical.Request, state: plugins.PluginState, decision: router.Decision
+) -> Pipeline:
     provider = decision.provider
     if provider.api_key_env and not provider.api_key:
         raise errors.UpstreamConnectError(
             f'provider \'{provider.name}\' has api_key_env = "{provider.api_key_env}" but that variable is not set'
         )
     upstream = KIND_UPSTREAMS[req.kind][provider.format]
-    head: UpstreamHead = yield OpenUpstream(provider, upstream.build_request(req, decision.model, provider))
+    call = upstream.build_request(req, decision.model, provider)
+    yield from _log_all(call.warnings, "debug")
+    head: UpstreamHead = yield OpenUpstream(provider, call)
     if 300 <= head.status < 400:  # never followed (it could point anywhere), nor passed on
         raise errors.UpstreamProtocolError(f"provider '{provider.name}' answered with a redirect ({head.status}); redirects are not followed")
     if not 200 <= head.status < 300:
@@ -285,7 +301,7 @@ def _call(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, state
         yield from _relay_stream(ctx, ex, client, req, state, decision, upstream)
         return
     data = yield ReadUpstreamBody(MAX_REPLY_BYTES)
-    state.response = upstream.parse_response(data)
+    state.response = upstream.parse_response(data, req)
     if req.kind == canonical.EMBEDDING and len(state.response.vectors) != len(req.messages):
         raise errors.UpstreamProtocolError(
             f"provider '{provider.name}' sent {len(state.response.vectors)} embeddings for {len(req.messages)} inputs"
@@ -294,18 +310,26 @@ def _call(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, state
         ex.raw_reply = data
 
 
-def _relay_stream(ctx: Context, ex: Exchange, client: Any, req: canonical.Request, state: Any, decision: Any, upstream: Any) -> Pipeline:
+def _relay_stream(
+    ctx: Context,
+    ex: Exchange,
+    client: formats.ClientFormat,
+    req: canonical.Request,
+    state: plugins.PluginState,
+    decision: router.Decision,
+    upstream: formats.UpstreamFormat,
+) -> Pipeline:
     """Streams the upstream reply to the client event by event, translating
     each frame (or forwarding it untouched when both sides share a format)."""
     rec = ex.record
     relay = formats.passthrough(req, decision.provider.format)
-    ex.encoder = client.Encoder(req, decision.model)
-    decoder = upstream.Decoder()
+    encoder = ex.encoder = client.Encoder(req, decision.model)
+    decoder = upstream.Decoder(req)
     collector = ex.collector = canonical.ResponseCollector(decision.model)
     started = ctx.monotonic()
     while True:
         # Before its head, nothing can go to the client, keep-alives included.
-        chunk = yield ReadUpstream(PING_AFTER, ex.encoder.ping() if ex.response_started else b"")
+        chunk = yield ReadUpstream(PING_AFTER, encoder.ping() if ex.response_started else b"")
         if rec.first_byte_ms is None:
             rec.first_byte_ms = round((ctx.monotonic() - started) * 1000)
         frames = decoder.feed(chunk) if chunk else decoder.close()
@@ -325,7 +349,7 @@ def _relay_stream(ctx: Context, ex: Exchange, client: Any, req: canonical.Reques
                 if req.include_usage or decision.provider.format != "openai" or not _usage_only(frame):
                     out.append(raw)
             else:
-                out.extend(ex.encoder.encode(e) for e in frame.events if not isinstance(e, canonical.StreamError))
+                out.extend(encoder.encode(e) for e in frame.events if not isinstance(e, canonical.StreamError))
         if not ex.response_started:
             # First-chunk gate: the status line waits for the first upstream
             # frame, so a provider that fails before it (an error event, garbage,
@@ -339,7 +363,7 @@ def _relay_stream(ctx: Context, ex: Exchange, client: Any, req: canonical.Reques
             yield StartResponse(200, [*_stream_headers(), *_router_headers(ex, rec)])
             ex.response_started = True
         if failure is not None and not relay:
-            out.append(ex.encoder.error(failure))
+            out.append(encoder.error(failure))
         if out:
             yield SendBody(b"".join(out))
         if failure is not None:
@@ -349,22 +373,22 @@ def _relay_stream(ctx: Context, ex: Exchange, client: Any, req: canonical.Reques
         if not chunk:
             break
     if not relay:
-        yield SendBody(ex.encoder.finish())
+        yield SendBody(encoder.finish())
     yield EndResponse()
     state.response = collector.response()
 
 
-def _stream_reply(ex: Exchange, client: Any, req: canonical.Request, resp: canonical.Response) -> Pipeline:
+def _stream_reply(ex: Exchange, client: formats.ClientFormat, req: canonical.Request, resp: canonical.Response) -> Pipeline:
     """Streams a reply that a plugin produced (no upstream involved)."""
-    ex.encoder = client.Encoder(req, resp.model or req.model)
+    encoder = ex.encoder = client.Encoder(req, resp.model or req.model)
     yield StartResponse(200, [*_stream_headers(), *_router_headers(ex, ex.record)])
     ex.response_started = True
-    out = [ex.encoder.encode(e) for e in canonical.response_events(resp)]
-    yield SendBody(b"".join(out) + ex.encoder.finish())
+    out = [encoder.encode(e) for e in canonical.response_events(resp)]
+    yield SendBody(b"".join(out) + encoder.finish())
     yield EndResponse()
 
 
-def _stage(stage: str, active: list[Any], state: Any, rec: events.Record) -> Generator[Command, Any, str]:
+def _stage(stage: str, active: list[plugins.ActivePlugin], state: plugins.PluginState, rec: events.Record) -> Generator[Command, Any, str]:
     result = plugins.run_stage(stage, active, state)
     rec.plugins.extend(result.ids)
     if result.warnings:
@@ -385,7 +409,7 @@ def _record_prompt(rec: events.Record, req: canonical.Request, log_inputs: bool)
     rec.messages = [canonical.message_to_json(m) for m in req.messages]
 
 
-def _send_error(ex: Exchange, client: Any, err: errors.RouterError) -> Pipeline:
+def _send_error(ex: Exchange, client: formats.ClientFormat, err: errors.RouterError) -> Pipeline:
     headers = [("content-type", "application/json"), ("x-request-id", ex.request_id)]
     if isinstance(err, errors.MethodNotAllowed):
         headers.append(("allow", "POST"))
@@ -400,9 +424,9 @@ def _send_error(ex: Exchange, client: Any, err: errors.RouterError) -> Pipeline:
     yield EndResponse()
 
 
-def _log_all(warnings: list[str]) -> Pipeline:
+def _log_all(warnings: list[str], level: str = "warning") -> Pipeline:
     for warning in warnings:
-        yield Log("warning", warning)
+        yield Log(level, warning)
 
 
 def _stream_headers() -> list[tuple[str, str]]:

@@ -142,7 +142,9 @@ def _main(stdscr, base_url: str, model: str, inbox: queue.SimpleQueue) -> None:
             except queue.Empty:
                 break
         height, width = stdscr.getmaxyx()
-        _draw(stdscr, render(state, height, width, int(time.time() * 1000)), styles, ascii_only)
+        now = time.time()
+        # The zone's offset now (a feed spanning a DST change shows older times an hour off).
+        _draw(stdscr, render(state, height, width, int(now * 1000), time.localtime(now).tm_gmtoff), styles, ascii_only)
         try:
             key = stdscr.get_wch()
         except curses.error:

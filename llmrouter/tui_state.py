@@ -2,7 +2,7 @@
 
     state = reduce(state, event)          # a router event, or one of ours (below)
     state, effect = on_key(state, key)    # effect: None, QUIT or a Send
-    rows = render(state, height, width, now_ms)
+    rows = render(state, height, width, now_ms, utc_offset_s)
 
 Our own events, from the TUI's threads: {"type": "feed", "state": ...}
 (see watch.Feed), {"type": "prices", "prices": {provider: $/1M tokens}},
@@ -17,7 +17,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmrouter.watch import clean, error_text, is_error, local_time, model_text, prompt_of, tokens_of
+from llmrouter.eventtext import clean, clock_text, error_text, is_error, model_text, prompt_of, tokens_of
 
 DEFAULT_MODEL = "llama3.1:8b"
 MAX_ENTRIES = 200
@@ -354,7 +354,8 @@ def plain(rows: list[Row]) -> list[str]:
     return ["".join(text for text, _ in row) for row in rows]
 
 
-def render(state: State, height: int, width: int, now_ms: int) -> list[Row]:
+def render(state: State, height: int, width: int, now_ms: int, utc_offset_s: int = 0) -> list[Row]:
+    """The screen as rows; times shown `utc_offset_s` east of UTC (the viewer's zone)."""
     canvas = Canvas(height, width)
     if height < 8 or width < 30:
         canvas.put(0, 0, "window too small", "yellow")
@@ -362,7 +363,7 @@ def render(state: State, height: int, width: int, now_ms: int) -> list[Row]:
         return canvas.rows()
     top = height * 60 // 100
     left = max(width * 35 // 100, min(38, width // 2))  # the stats need ~36 columns to say much
-    _feed_pane(canvas, state, 0, 0, top, width, now_ms)
+    _feed_pane(canvas, state, 0, 0, top, width, now_ms, utc_offset_s)
     _stats_pane(canvas, state, top, 0, height - top, left, now_ms)
     _chat_pane(canvas, state, top, left, height - top, width - left)
     return canvas.rows()
@@ -371,7 +372,7 @@ def render(state: State, height: int, width: int, now_ms: int) -> list[Row]:
 FEED_STATES = {"connecting": ("connecting…", "yellow"), "live": ("● live", "green"), "retrying": ("reconnecting", "red"), "refused": ("error", "red")}
 
 
-def _feed_pane(cv: Canvas, s: State, y: int, x: int, h: int, w: int, now_ms: int) -> None:
+def _feed_pane(cv: Canvas, s: State, y: int, x: int, h: int, w: int, now_ms: int, utc_offset_s: int) -> None:
     label, style = FEED_STATES.get(s.feed, (s.feed, "red"))
     title = [(" Pipeline  ", "bold"), (label, style)]
     if s.feed_detail:
@@ -387,7 +388,7 @@ def _feed_pane(cv: Canvas, s: State, y: int, x: int, h: int, w: int, now_ms: int
     cv.box(y, x, h, w, "border_focus" if focused else "border", title, footer)
     lines: list[list[tuple[str, str]]] = []
     for p in reversed(list(s.pending.values())):
-        line = [(f"{local_time(p.ts_ms)}  ⋯  ", "dim")]
+        line = [(f"{clock_text(p.ts_ms, utc_offset_s)}  ⋯  ", "dim")]
         if p.provider:
             line.append((f"{p.provider}  {p.model}", "cyan"))
             if p.attempt > 1:
@@ -398,16 +399,16 @@ def _feed_pane(cv: Canvas, s: State, y: int, x: int, h: int, w: int, now_ms: int
         line.append((f"  {_elapsed(now_ms - p.ts_ms)}", "dim"))
         lines += [line, []]
     for event in s.entries[s.scroll :]:
-        lines += _entry_lines(event, s.prices)
+        lines += _entry_lines(event, s.prices, utc_offset_s)
         if len(lines) >= h:
             break
     for i, line in enumerate(lines[: h - 2]):
         cv.runs([(" ", "")] + line, y + 1 + i, x + 1, w - 3)
 
 
-def _entry_lines(e: dict[str, Any], prices: dict[str, float | None]) -> list[list[tuple[str, str]]]:
+def _entry_lines(e: dict[str, Any], prices: dict[str, float | None], utc_offset_s: int) -> list[list[tuple[str, str]]]:
     failed = is_error(e)
-    head = [(local_time(e.get("ts_ms")) + "  ", "dim"), (clean(e.get("provider") or "(no provider)"), "bold")]
+    head = [(clock_text(e.get("ts_ms"), utc_offset_s) + "  ", "dim"), (clean(e.get("provider") or "(no provider)"), "bold")]
     first, rewritten = model_text(e)
     head.append((f"  {first} → {rewritten}" if rewritten else f"  {first}", "blue"))
     head += [(f"  [{clean(t)}]", "yellow") for t in e.get("tags") or []]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,6 @@ from llmrouter.formats import ollama
 
 WIRE = Path(__file__).parent / "wire" / "ollama"
 STREAMS = ["text_stream", "tool_stream", "error_stream"]
-SYNTHESIZED = re.compile(r"^(ollama-[0-9a-f]{32}|call_[0-9a-f]{12}_\d+)$")
 
 
 def jsonable(value):
@@ -36,18 +34,6 @@ def jsonable(value):
         return [jsonable(v) for v in value]
     if isinstance(value, dict):
         return {k: jsonable(v) for k, v in value.items()}
-    return value
-
-
-def normalize(value, names: dict[str, str] | None = None):
-    """Replace synthesized ids by stable placeholders, in order of appearance."""
-    names = {} if names is None else names
-    if isinstance(value, dict):
-        return {k: normalize(v, names) for k, v in value.items()}
-    if isinstance(value, list):
-        return [normalize(v, names) for v in value]
-    if isinstance(value, str) and SYNTHESIZED.match(value):
-        return names.setdefault(value, f"<{value.split('-')[0].split('_')[0]}-id-{len(names)}>")
     return value
 
 
@@ -69,15 +55,20 @@ def request(**kw) -> c.Request:
     return c.Request(**kw)
 
 
+def seeded() -> c.Request:
+    """The request an upstream reply belongs to: its id seed makes the ids Ollama does not send."""
+    return request(id_seed="5eed")
+
+
 def body_of(req: c.Request, model: str = "llama3") -> dict:
     return json.loads(ollama.build_request(req, model, provider()).body)
 
 
 def decode(data: bytes, chunks) -> tuple[list, bytes]:
-    decoder = ollama.Decoder()
+    decoder = ollama.Decoder(seeded())
     frames = [f for chunk in chunks for f in decoder.feed(chunk)]
     frames += decoder.close()
-    return normalize(jsonable([e for f in frames for e in f.events])), b"".join(f.raw for f in frames)
+    return jsonable([e for f in frames for e in f.events]), b"".join(f.raw for f in frames)
 
 
 # --- SPEC 14.2 -------------------------------------------------------------------------
@@ -98,7 +89,7 @@ def test_response_maps_usage_and_stop_reason():
         {"model": "llama3", "message": {"role": "assistant", "content": "hello"}, "done": True,
          "done_reason": "stop", "prompt_eval_count": 10, "eval_count": 5}
     ).encode()
-    resp = ollama.parse_response(data)
+    resp = ollama.parse_response(data, seeded())
     assert resp.text == "hello"
     assert resp.stop_reason == "end_turn"
     assert (resp.usage.input_tokens, resp.usage.output_tokens) == (10, 5)
@@ -163,11 +154,11 @@ def test_no_authorization_without_a_key():
 
 
 def test_reply_with_tool_calls_matches_golden():
-    resp = ollama.parse_response((WIRE / "reply_tool_calls.upstream.json").read_bytes())
+    resp = ollama.parse_response((WIRE / "reply_tool_calls.upstream.json").read_bytes(), seeded())
     assert resp.stop_reason == "tool_use"
     assert resp.tool_calls[0].id.startswith("call_")
     assert json.loads(resp.tool_calls[0].arguments) == {"format": "celsius", "location": "Paris, FR"}
-    assert_golden(json.dumps(normalize(jsonable(resp)), indent=1, ensure_ascii=False) + "\n", "reply_tool_calls.canonical.json")
+    assert_golden(json.dumps(jsonable(resp), indent=1, ensure_ascii=False) + "\n", "reply_tool_calls.canonical.json")
 
 
 def test_reply_ids_are_unique_and_ollama_call_ids_are_kept():
@@ -175,10 +166,10 @@ def test_reply_ids_are_unique_and_ollama_call_ids_are_kept():
         {"model": "m", "done": True, "message": {"role": "assistant", "content": "",
          "tool_calls": [{"id": "call_abc", "function": {"index": 0, "name": "f", "arguments": {"x": 1}}}, {"function": {"name": "g", "arguments": {}}}]}}
     ).encode()
-    first, second = ollama.parse_response(data), ollama.parse_response(data)
-    assert first.id != second.id and first.id.startswith("ollama-")
+    first, second = ollama.parse_response(data, request(id_seed="0a")), ollama.parse_response(data, request(id_seed="0b"))
+    assert first.id != second.id and first.id.startswith("ollama-0a")
     assert first.tool_calls[0].id == "call_abc"
-    assert first.tool_calls[1].id != second.tool_calls[1].id
+    assert first.tool_calls[1].id.startswith("call_0a") and first.tool_calls[1].id != second.tool_calls[1].id
 
 
 @pytest.mark.parametrize("reason, expected", [("stop", "end_turn"), ("length", "max_tokens"), (None, "end_turn"), ("unload", "other")])
@@ -186,13 +177,13 @@ def test_done_reasons(reason, expected):
     data = {"model": "m", "message": {"role": "assistant", "content": "x"}, "done": True}
     if reason:
         data["done_reason"] = reason
-    assert ollama.parse_response(json.dumps(data).encode()).stop_reason == expected
+    assert ollama.parse_response(json.dumps(data).encode(), seeded()).stop_reason == expected
 
 
 @pytest.mark.parametrize("data", [b"nope", b"[1]", b'{"error": "model \\"x\\" not found"}', b'{"message": {"tool_calls": [{"function": 3}]}}'])
 def test_malformed_replies_are_protocol_errors(data):
     with pytest.raises(errors.UpstreamProtocolError):
-        ollama.parse_response(data)
+        ollama.parse_response(data, seeded())
 
 
 def test_error_message():
@@ -233,13 +224,13 @@ def test_decoder_at_every_byte_split(name):
 
 def test_decoder_one_frame_per_line():
     data = (WIRE / "text_stream.upstream.ndjson").read_bytes()
-    frames = ollama.Decoder().feed(data)
+    frames = ollama.Decoder(seeded()).feed(data)
     assert [f.raw for f in frames] == data.splitlines(keepends=True)
 
 
 def test_streamed_tool_calls_collect_into_a_reply():
     data = (WIRE / "tool_stream.upstream.ndjson").read_bytes()
-    decoder = ollama.Decoder()
+    decoder = ollama.Decoder(seeded())
     collector = c.ResponseCollector()
     for frame in decoder.feed(data) + decoder.close():
         for event in frame.events:
@@ -253,7 +244,7 @@ def test_streamed_tool_calls_collect_into_a_reply():
 
 def test_last_line_without_newline_is_decoded_on_close():
     data = (WIRE / "text_stream.upstream.ndjson").read_bytes().rstrip(b"\n")
-    decoder = ollama.Decoder()
+    decoder = ollama.Decoder(seeded())
     decoder.feed(data)
     last = decoder.close()
     assert [type(e).__name__ for e in last[0].events] == ["UsageUpdate", "Stop"]
@@ -262,14 +253,14 @@ def test_last_line_without_newline_is_decoded_on_close():
 
 def test_truncated_stream_raises_on_close():
     data = (WIRE / "text_stream.upstream.ndjson").read_bytes()
-    decoder = ollama.Decoder()
+    decoder = ollama.Decoder(seeded())
     decoder.feed(data[: data.rindex(b"{")])
     with pytest.raises(errors.UpstreamProtocolError):
         decoder.close()
 
 
 def test_error_line_is_a_stream_error_and_close_is_quiet():
-    decoder = ollama.Decoder()
+    decoder = ollama.Decoder(seeded())
     frames = decoder.feed(b'{"error":"out of memory"}\n')
     assert frames[0].events == [c.StreamError("out of memory", 502, "api_error")]
     assert decoder.close() == []
@@ -278,7 +269,7 @@ def test_error_line_is_a_stream_error_and_close_is_quiet():
 @pytest.mark.parametrize("line", [b"{oops\n", b"[1,2]\n", b'{"message":{"tool_calls":[{"function":null}]},"done":false}\n'])
 def test_malformed_lines_are_protocol_errors(line):
     with pytest.raises(errors.UpstreamProtocolError):
-        ollama.Decoder().feed(line)
+        ollama.Decoder(seeded()).feed(line)
 
 
 JSON = st.recursive(
@@ -291,7 +282,7 @@ JSON = st.recursive(
 @settings(max_examples=100, deadline=None)
 @given(st.lists(JSON, max_size=5))
 def test_fuzz_decoder_raises_only_protocol_errors(lines):
-    decoder = ollama.Decoder()
+    decoder = ollama.Decoder(seeded())
     try:
         decoder.feed(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
         decoder.close()
@@ -303,6 +294,6 @@ def test_fuzz_decoder_raises_only_protocol_errors(lines):
 @given(JSON)
 def test_fuzz_parse_response_raises_only_protocol_errors(value):
     try:
-        ollama.parse_response(json.dumps(value).encode())
+        ollama.parse_response(json.dumps(value).encode(), seeded())
     except errors.UpstreamProtocolError:
         pass

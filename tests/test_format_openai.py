@@ -4,7 +4,6 @@ decoder at every byte split, the encoder checked with the official SDK."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
 from pathlib import Path
@@ -55,10 +54,9 @@ def load(name: str) -> dict:
     return json.loads((WIRE / name).read_text())
 
 
-@pytest.fixture
-def fixed_ids(monkeypatch: pytest.MonkeyPatch) -> None:
-    counter = itertools.count()
-    monkeypatch.setattr(fmt, "new_id", lambda prefix: f"{prefix}{next(counter):04d}")
+def upstream_req() -> c.Request:
+    """The request an upstream reply belongs to (the Decoder and parse_response make ids with it)."""
+    return c.Request("m", [])
 
 
 # --- client requests --------------------------------------------------------------
@@ -189,13 +187,38 @@ def test_arbitrary_json_raises_only_bad_request(body: object) -> None:
     fmt.build_request(dataclasses.replace(req, modified=True), "m", PROVIDER)
 
 
+def test_what_is_dropped_comes_back_as_warnings() -> None:
+    """Formats never log: what they drop is returned for the pipeline to log."""
+    req = fmt.parse_request({
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"},
+                     {"role": "assistant", "tool_calls": [{"type": "custom", "id": "x"}]}],
+        "tools": [{"type": "custom", "custom": {}}],
+        "tool_choice": {"type": "allowed_tools"},
+    })
+    assert req.warnings == ["dropped assistant tool call of type 'custom'", "dropped tool of type 'custom'",
+                            "dropped tool_choice of type 'allowed_tools'"]
+    req.modified = True  # rendered, not passed through
+    req.messages[0].content.append(c.Opaque("anthropic", {"type": "thinking", "thinking": "hmm"}))
+    assert fmt.build_request(req, "m", PROVIDER).warnings == ["dropped Opaque part for an openai upstream"]
+
+
+def test_ids_derive_from_the_request_seed_and_differ() -> None:
+    req = fmt.parse_request({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    req.id_seed = "ab"
+    body = fmt.render_response(c.Response("", "m", [c.ToolCall("", "f"), c.ToolCall("", "g")], "tool_use"), req)
+    assert [call["id"] for call in body["choices"][0]["message"]["tool_calls"]] == ["call_ab1", "call_ab2"]
+    assert body["id"] == "chatcmpl-ab3"
+
+
 # --- client replies -----------------------------------------------------------------
 
 def test_render_text_response() -> None:
     req = fmt.parse_request({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
     resp = c.Response("msg_01XFDUDYJgAACzvnptvVoYEL", "claude-sonnet-4", [c.Text("Hello!")], "end_turn",
                       c.Usage(12, 6, cache_read_tokens=100))
-    body = fmt.render_response(resp, req, now=1700000000)
+    req.now = 1700000000.5
+    body = fmt.render_response(resp, req)
     ChatCompletion.model_validate(body)
     assert body["id"].startswith("chatcmpl-") and body["created"] == 1700000000
     assert body["model"] == "claude-sonnet-4"
@@ -208,7 +231,7 @@ def test_render_text_response() -> None:
 def test_render_tool_call_response_has_null_content() -> None:
     req = fmt.parse_request({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     resp = c.Response("chatcmpl-keep", "", [c.ToolCall("toolu_1", "f", '{"x":1}'), c.ToolCall("", "g", "")], "tool_use")
-    body = fmt.render_response(resp, req, now=1)
+    body = fmt.render_response(resp, req)
     ChatCompletion.model_validate(body)
     message = body["choices"][0]["message"]
     assert body["id"] == "chatcmpl-keep" and body["model"] == "m"
@@ -306,7 +329,7 @@ def test_cross_format_request_rendering() -> None:
 # --- upstream replies -------------------------------------------------------------------
 
 def test_parse_text_reply() -> None:
-    resp = fmt.parse_response((WIRE / "reply_text.upstream.json").read_bytes())
+    resp = fmt.parse_response((WIRE / "reply_text.upstream.json").read_bytes(), upstream_req())
     assert resp.id == "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG" and resp.model == "gpt-4o-2024-08-06"
     assert resp.text.startswith("The image shows") and resp.stop_reason == "end_turn"
     assert resp.usage == c.Usage(input_tokens=93, output_tokens=46, cache_read_tokens=1024)
@@ -314,7 +337,7 @@ def test_parse_text_reply() -> None:
 
 
 def test_parse_tool_reply() -> None:
-    resp = fmt.parse_response((WIRE / "reply_tools.upstream.json").read_bytes())
+    resp = fmt.parse_response((WIRE / "reply_tools.upstream.json").read_bytes(), upstream_req())
     assert resp.content == [
         c.ToolCall("call_abc123", "get_current_weather", '{\n"location": "Boston, MA"\n}'),
         c.ToolCall("call_def456", "get_current_weather", '{"location": "Paris", "unit": "celsius"}'),
@@ -323,30 +346,30 @@ def test_parse_tool_reply() -> None:
 
 
 def test_parse_reply_tolerances() -> None:
-    bare = fmt.parse_response(b'{"choices":[{"message":{"content":null}}]}')
+    bare = fmt.parse_response(b'{"choices":[{"message":{"content":null}}]}', upstream_req())
     assert (bare.content, bare.usage, bare.stop_reason, bare.id) == ([], c.Usage(), "end_turn", "")
     # llama.cpp-style: tool calls with finish_reason "stop"; arguments as an object
     calls = fmt.parse_response(b'{"choices":[{"message":{"tool_calls":[{"function":{"name":"f","arguments":{"a":1}}}]},'
-                               b'"finish_reason":"stop"}]}')
+                               b'"finish_reason":"stop"}]}', upstream_req())
     assert calls.stop_reason == "tool_use" and calls.content[0].arguments == '{"a":1}'
     assert calls.content[0].id.startswith("call_")
-    assert fmt.parse_response(b'{"choices":[{"finish_reason":"length","message":{"content":"x"}}]}').stop_reason == "max_tokens"
-    assert fmt.parse_response(b'{"choices":[{"finish_reason":"content_filter","message":{}}]}').stop_reason == "other"
-    assert fmt.parse_response(b'{"choices":[{"message":{"refusal":"I cannot."}}]}').text == "I cannot."
-    assert fmt.parse_response(b'{"choices":[]}').content == []
+    assert fmt.parse_response(b'{"choices":[{"finish_reason":"length","message":{"content":"x"}}]}', upstream_req()).stop_reason == "max_tokens"
+    assert fmt.parse_response(b'{"choices":[{"finish_reason":"content_filter","message":{}}]}', upstream_req()).stop_reason == "other"
+    assert fmt.parse_response(b'{"choices":[{"message":{"refusal":"I cannot."}}]}', upstream_req()).text == "I cannot."
+    assert fmt.parse_response(b'{"choices":[]}', upstream_req()).content == []
 
 
 @pytest.mark.parametrize("data", [b"", b"not json", b"[1]", b'{"id":"x"}', b'{"choices":{}}'])
 def test_parse_reply_errors(data: bytes) -> None:
     with pytest.raises(errors.UpstreamProtocolError):
-        fmt.parse_response(data)
+        fmt.parse_response(data, upstream_req())
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.one_of(JSON, st.fixed_dictionaries({"choices": st.lists(SHAPED, max_size=2), "usage": SHAPED})))
 def test_arbitrary_replies_raise_only_protocol_errors(value: object) -> None:
     try:
-        fmt.parse_response(json.dumps(value).encode())
+        fmt.parse_response(json.dumps(value).encode(), upstream_req())
     except errors.UpstreamProtocolError:
         pass
 
@@ -365,7 +388,7 @@ STREAMS = ["text_stream", "tool_stream", "error_stream"]
 
 
 def decode(data: bytes, pieces: list[int]) -> tuple[list[c.StreamEvent], bytes]:
-    decoder = fmt.Decoder()
+    decoder = fmt.Decoder(upstream_req())
     events: list[c.StreamEvent] = []
     raw = b""
     start = 0
@@ -412,18 +435,18 @@ def test_decoded_streams_reassemble() -> None:
 
 def test_decoder_end_of_stream() -> None:
     data = (WIRE / "text_stream.upstream.sse").read_bytes()
-    decoder = fmt.Decoder()
+    decoder = fmt.Decoder(upstream_req())
     decoder.feed(data)
     assert decoder.close() == []
     # A finish_reason without [DONE] is a complete stream; the last event may lack its blank line.
-    decoder = fmt.Decoder()
+    decoder = fmt.Decoder(upstream_req())
     head = b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":"length"}]}'
     assert decoder.feed(head) == []
     frames = decoder.close()
     assert [type(e) for e in frames[0].events] == [c.MessageStart, c.TextDelta, c.Stop]
     assert frames[0].events[-1] == c.Stop("max_tokens")
     # The error stream ends with no terminal event at all.
-    decoder = fmt.Decoder()
+    decoder = fmt.Decoder(upstream_req())
     frames = decoder.feed((WIRE / "error_stream.upstream.sse").read_bytes())
     assert frames[-1].events == [c.StreamError("The server had an error while processing your request. Sorry about that!",
                                                502, "server_error")]
@@ -433,14 +456,14 @@ def test_decoder_end_of_stream() -> None:
 
 def test_decoder_rejects_garbage() -> None:
     with pytest.raises(errors.UpstreamProtocolError):
-        fmt.Decoder().feed(b"data: {oops\n\n")
+        fmt.Decoder(upstream_req()).feed(b"data: {oops\n\n")
     with pytest.raises(errors.UpstreamProtocolError):
-        fmt.Decoder().feed(b"data: [1]\n\n")
+        fmt.Decoder(upstream_req()).feed(b"data: [1]\n\n")
 
 
 def test_decoder_tool_calls_without_index() -> None:
     """Some compatible servers repeat the id instead of an index, or send neither."""
-    decoder = fmt.Decoder()
+    decoder = fmt.Decoder(upstream_req())
     chunks = [
         {"tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "{\"x\""}}]},
         {"tool_calls": [{"function": {"arguments": ":1}"}}]},
@@ -461,7 +484,8 @@ def sse_data(data: bytes) -> list[str]:
 def encode(events: list[c.StreamEvent], include_usage: bool = True) -> bytes:
     req = fmt.parse_request({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True,
                              "stream_options": {"include_usage": include_usage}})
-    encoder = fmt.Encoder(req, "routed-model", now=1754312345)
+    req.now, req.id_seed = 1754312345, "5eed"
+    encoder = fmt.Encoder(req, "routed-model")
     return b"".join(encoder.encode(e) for e in events) + encoder.finish()
 
 
@@ -480,13 +504,13 @@ def anthropic_like_events() -> list[c.StreamEvent]:
     ]
 
 
-def test_encoder_golden(fixed_ids: None) -> None:
+def test_encoder_golden() -> None:
     out = encode(anthropic_like_events())
     assert_golden(out.decode(), "tool_stream.client.sse")
     chunks = sse_data(out)
     assert chunks[-1] == "[DONE]"
     parsed = [ChatCompletionChunk.model_validate_json(d) for d in chunks[:-1]]
-    assert {(p.id, p.created, p.model) for p in parsed} == {("chatcmpl-0000", 1754312345, "claude-sonnet-4")}
+    assert {(p.id, p.created, p.model) for p in parsed} == {("chatcmpl-5eed1", 1754312345, "claude-sonnet-4")}
     assert parsed[0].choices[0].delta.role == "assistant"
     assert [p.choices[0].finish_reason for p in parsed if p.choices][-1] == "tool_calls"
     assert parsed[-1].choices == [] and parsed[-1].usage.total_tokens == 86

@@ -4,7 +4,6 @@ stream, each checked against golden files and the official SDK's own models."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
 from pathlib import Path
@@ -55,10 +54,10 @@ def codex_body() -> dict:
     return json.loads((WIRE / "codex_request.client.json").read_text())
 
 
-@pytest.fixture
-def fixed_ids(monkeypatch: pytest.MonkeyPatch) -> None:
-    counter = itertools.count()
-    monkeypatch.setattr(fmt, "new_id", lambda prefix: f"{prefix}{next(counter):04d}")
+def fixed(req: c.Request) -> c.Request:
+    """The time and id seed the pipeline would give the request, fixed for goldens."""
+    req.now, req.id_seed = 1754312345, "5eed"
+    return req
 
 
 def simple(**extra: object) -> c.Request:
@@ -191,15 +190,15 @@ def test_arbitrary_json_raises_only_bad_request(body: object) -> None:
 
 # --- replies -------------------------------------------------------------------------
 
-def test_render_response_golden(fixed_ids: None) -> None:
-    req = fmt.parse_request(codex_body())
+def test_render_response_golden() -> None:
+    req = fixed(fmt.parse_request(codex_body()))
     resp = c.Response(
         "chatcmpl-1", "qwen2.5-coder",
         [c.Text("The assertion expects 5."), c.ToolCall("call_1", "shell", '{"command":["pytest"]}'),
          c.ToolCall("", "update_plan", "")],
         "tool_use", c.Usage(30, 12, cache_read_tokens=100),
     )
-    body = fmt.render_response(resp, req, now=1754312345)
+    body = fmt.render_response(resp, req)
     Response.model_validate(body)
     assert_golden(pretty(body), "reply_tools.client.json")
     assert [item["type"] for item in body["output"]] == ["message", "function_call", "function_call"]
@@ -249,7 +248,7 @@ def parse_stream(data: bytes) -> list[dict]:
 
 
 def encode(events: list[c.StreamEvent], req: c.Request | None = None) -> bytes:
-    encoder = fmt.Encoder(req or fmt.parse_request(codex_body()), "routed", now=1754312345)
+    encoder = fmt.Encoder(fixed(req or fmt.parse_request(codex_body())), "routed")
     return b"".join(encoder.encode(e) for e in events) + encoder.finish()
 
 
@@ -274,7 +273,7 @@ TOOL_EVENTS = [
 
 
 @pytest.mark.parametrize(("name", "events"), [("text_stream", TEXT_EVENTS), ("tool_stream", TOOL_EVENTS)])
-def test_encoder_golden(fixed_ids: None, name: str, events: list[c.StreamEvent]) -> None:
+def test_encoder_golden(name: str, events: list[c.StreamEvent]) -> None:
     out = encode(events)
     assert_golden(out.decode(), f"{name}.client.sse")
     parsed = parse_stream(out)
@@ -325,7 +324,7 @@ def test_sdk_stream_helper_reads_our_stream() -> None:
 def test_openai_upstream_stream_to_responses_client() -> None:
     """The chat-completions -> Responses pair, from a golden upstream stream."""
     data = (Path(__file__).parent / "wire" / "openai" / "tool_stream.upstream.sse").read_bytes()
-    decoder = openai_fmt.Decoder()
+    decoder = openai_fmt.Decoder(c.Request("m", []))
     events = [e for frame in decoder.feed(data) + decoder.close() for e in frame.events]
     with sdk_client(encode(events)).responses.stream(model="m", input="hi") as stream:
         final = stream.get_final_response()

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from harness import make_config
-from llmrouter import errors, events
+from llmrouter import errors, events, formats
+from llmrouter.canonical import Request
 from llmrouter.commands import (
     AbortResponse,
     EndResponse,
@@ -21,7 +22,7 @@ from llmrouter.commands import (
     StartResponse,
     UpstreamHead,
 )
-from llmrouter.pipeline import Context, Exchange, handle
+from llmrouter.pipeline import CLIENT_FORMATS, KIND_UPSTREAMS, Context, Exchange, handle
 
 CONFIG = """
 [[providers]]
@@ -58,7 +59,7 @@ class Playbook:
     """Steps a pipeline, answering each command the way the driver would."""
 
     def __init__(self, body: dict[str, Any] | bytes, config_text: str = CONFIG, client_format: str = "openai") -> None:
-        self.ctx = Context(config=make_config(config_text), clock_ms=lambda: 1000, monotonic=lambda: 0.0)
+        self.ctx = Context(config=make_config(config_text), clock_ms=lambda: 1000, monotonic=lambda: 0.0, new_seed=lambda: "5eed")
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.ex = Exchange(0, "req-1", client_format, {}, raw, events.Record(0, "req-1", client_format))
         self.gen = handle(self.ctx, self.ex)
@@ -241,3 +242,38 @@ def test_translated_bodies_stay_valid_utf8_json(text):
     opened = p.expect(OpenUpstream, UpstreamHead(200, []))
     sent = json.loads(opened.call.body.decode("utf-8"))
     assert sent["messages"][0]["content"] in (text, [{"type": "text", "text": text}])
+
+
+def test_formats_get_the_time_and_ids_from_the_context_and_warnings_are_logged():
+    """Formats read no clock and no randomness: the pipeline gives the request the
+    time and an id seed, and logs at debug level what a format dropped."""
+    body = {"model": "m", "input": "hi", "tools": [{"type": "web_search"}]}
+    p = Playbook(body, client_format="responses")
+    p.expect(OpenUpstream, UpstreamHead(200, []))
+    p.expect(ReadUpstreamBody, OPENAI_REPLY)
+    p.expect(StartResponse)
+    reply = json.loads(p.expect(SendBody).data)
+    p.expect(EndResponse)
+    p.finish()
+    assert reply["id"] == "resp_5eed1" and reply["created_at"] == 1  # clock_ms 1000
+    assert reply["output"][0]["id"] == "msg_5eed2"
+    assert Log("debug", "dropped built-in tool 'web_search'") in p.seen
+
+
+def test_every_format_module_fulfils_its_protocol():
+    """The pipeline knows formats only through formats.ClientFormat / UpstreamFormat
+    (Embedding* for embeddings, which never stream)."""
+    req = Request("m", [])
+    for name, module in CLIENT_FORMATS.items():
+        if getattr(module, "KIND", "chat") == "embedding":
+            assert isinstance(module, formats.EmbeddingClientFormat), name
+            continue
+        assert isinstance(module, formats.ClientFormat), name
+        assert isinstance(module.Encoder(req, "m"), formats.ClientEncoder), name
+    for kind, table in KIND_UPSTREAMS.items():
+        for module in table.values():
+            if kind == "embedding":
+                assert isinstance(module, formats.EmbeddingUpstreamFormat), module.__name__
+                continue
+            assert isinstance(module, formats.UpstreamFormat), module.__name__
+            assert isinstance(module.Decoder(req), formats.UpstreamDecoder), module.__name__

@@ -30,15 +30,7 @@ from llmrouter.tui_state import QUIT, Send, State, chat_frame, http_error, on_ke
 ROOT = Path(__file__).resolve().parent.parent
 TS = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC
 KATHMANDU = "Asia/Kathmandu"  # UTC+05:45
-
-
-@pytest.fixture
-def kathmandu(monkeypatch):
-    monkeypatch.setenv("TZ", KATHMANDU)
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+KATHMANDU_OFFSET = (5 * 60 + 45) * 60
 
 
 def complete(id, provider="ollama", ts=TS, **extra):
@@ -53,13 +45,13 @@ def complete(id, provider="ollama", ts=TS, **extra):
 
 
 def screen(state, height=30, width=110, now=TS + 1500):
-    return "\n".join(plain(render(state, height, width, now)))
+    return "\n".join(plain(render(state, height, width, now, KATHMANDU_OFFSET)))
 
 
 # --- events --------------------------------------------------------------------------
 
 
-def test_a_request_moves_from_in_flight_to_the_feed_and_the_stats(kathmandu):
+def test_a_request_moves_from_in_flight_to_the_feed_and_the_stats():
     s = State()
     reduce(s, {"type": "start", "id": 7, "ts_ms": TS, "model": "smart", "in_flight": 1})
     reduce(s, {"type": "classified", "id": 7, "ts_ms": TS, "tags": ["code"]})

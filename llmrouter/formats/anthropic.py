@@ -13,11 +13,11 @@ ignored by every other format). Server tools (`web_search`, ...) ride in
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from llmrouter import canonical as c
 from llmrouter import errors, sse
+from llmrouter.config import Provider
 from llmrouter.formats import Frame, UpstreamCall, forwardable_body, passthrough
 from llmrouter.formats import dumps as _dumps  # compact; lone surrogates stay escaped
 
@@ -319,10 +319,10 @@ def parse_request(body: object) -> c.Request:
 # --- client side: replies ---------------------------------------------------------
 
 
-def _message_id(raw_id: str) -> str:
+def _message_id(raw_id: str, req: c.Request) -> str:
     if raw_id.startswith("msg_"):
         return raw_id
-    return "msg_" + (raw_id or uuid.uuid4().hex)
+    return "msg_" + raw_id if raw_id else req.new_id("msg_")
 
 
 def _input(arguments: str) -> dict[str, Any]:
@@ -359,7 +359,7 @@ def render_response(resp: c.Response, req: c.Request) -> dict[str, Any]:
         elif isinstance(part, c.Opaque) and part.format == "anthropic":
             content.append(part.data)
     return {
-        "id": _message_id(resp.id),
+        "id": _message_id(resp.id, req),
         "type": "message",
         "role": "assistant",
         "model": resp.model or req.model,
@@ -388,7 +388,10 @@ class Encoder:
     none), done (after finish() or error(): nothing more is written).
     """
 
+    end_after_error = False  # clients wait for message_stop: the body is cut short
+
     def __init__(self, req: c.Request, model: str) -> None:
+        self.req = req
         self.model = model or req.model
         self.started = False
         self.done = False
@@ -402,7 +405,7 @@ class Encoder:
         if usage:
             self.usage = c.Usage(**vars(usage))
         message = {
-            "id": _message_id(message_id),
+            "id": _message_id(message_id, self.req),
             "type": "message",
             "role": "assistant",
             "model": model or self.model,
@@ -580,7 +583,7 @@ def _body(req: c.Request, model: str) -> dict[str, Any]:
     return body
 
 
-def build_request(req: c.Request, model: str, provider: Any) -> UpstreamCall:
+def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCall:
     body = forwardable_body(req, model) if passthrough(req, "anthropic") else _body(req, model)
     headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
     if provider.api_key:
@@ -631,7 +634,7 @@ def _load(data: bytes | str, what: str) -> dict[str, Any]:
     return value
 
 
-def parse_response(data: bytes) -> c.Response:
+def parse_response(data: bytes, req: c.Request) -> c.Response:
     body = _load(data, "its reply")
     blocks = body.get("content")
     if not isinstance(blocks, list):
@@ -679,7 +682,7 @@ class Decoder:
     reassembled from its deltas and yielded whole as an OpaqueBlock at its stop.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, req: c.Request) -> None:
         self.splitter = sse.SSESplitter()
         self.blocks: dict[int, Any] = {}  # stream index -> "text" | tool index | opaque state
         self.tools = 0

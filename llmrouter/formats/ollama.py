@@ -6,17 +6,17 @@ What Ollama cannot express is dropped on purpose: remote image URLs (Ollama
 takes base64 only), tool_choice (except "none", which sends no tools), opaque
 parts such as Anthropic thinking, and the streamed `thinking` text of reasoning
 models. Ollama gives tool calls no ids (older versions) and replies no id at
-all, so both are synthesized here, unique per reply.
+all, so both are made here from the request's id seed, unique per reply.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from llmrouter import canonical as c
 from llmrouter import errors, sse
+from llmrouter.config import Provider
 from llmrouter.formats import Frame, UpstreamCall
 from llmrouter.formats import dumps as _dumps  # compact; lone surrogates stay escaped
 
@@ -68,7 +68,7 @@ def _messages(req: c.Request) -> list[dict[str, Any]]:
     return out
 
 
-def build_request(req: c.Request, model: str, provider: Any) -> UpstreamCall:
+def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCall:
     body: dict[str, Any] = {"model": model, "messages": _messages(req), "stream": req.stream}
     if req.tools and req.tool_choice != "none":
         body["tools"] = [
@@ -134,10 +134,11 @@ def _stop(done_reason: object, tool_calls: bool) -> str:
 
 
 class _CallIds:
-    """Tool-call ids for one reply: Ollama's own when it sends them, else call_<reply>_<n>."""
+    """Tool-call ids for one reply: Ollama's own when it sends them, else one
+    made from the request's id seed."""
 
-    def __init__(self) -> None:
-        self.reply = uuid.uuid4().hex[:12]
+    def __init__(self, req: c.Request) -> None:
+        self.req = req
         self.count = 0
 
     def calls(self, message: dict[str, Any]) -> list[c.ToolCall]:
@@ -153,7 +154,7 @@ class _CallIds:
             text = arguments if isinstance(arguments, str) else _dumps(arguments if arguments is not None else {})
             call_id = call.get("id")
             if not isinstance(call_id, str) or not call_id:
-                call_id = f"call_{self.reply}_{self.count}"
+                call_id = self.req.new_id("call_")
             self.count += 1
             out.append(c.ToolCall(call_id, str(function.get("name") or ""), text))
         return out
@@ -164,11 +165,7 @@ def _message(data: dict[str, Any]) -> dict[str, Any]:
     return message if isinstance(message, dict) else {}
 
 
-def _reply_id() -> str:
-    return "ollama-" + uuid.uuid4().hex
-
-
-def parse_response(data: bytes) -> c.Response:
+def parse_response(data: bytes, req: c.Request) -> c.Response:
     body = _load(data, "its reply")
     if not isinstance(body, dict):
         raise errors.UpstreamProtocolError("ollama upstream sent a non-object reply")
@@ -179,10 +176,10 @@ def parse_response(data: bytes) -> c.Response:
     text = message.get("content")
     if isinstance(text, str) and text:
         content.append(c.Text(text))
-    calls = _CallIds().calls(message)
+    calls = _CallIds(req).calls(message)
     content.extend(calls)
     return c.Response(
-        id=_reply_id(),
+        id=req.new_id("ollama-"),
         model=str(body.get("model") or ""),
         content=content or [c.Text("")],
         stop_reason=_stop(body.get("done_reason"), bool(calls)),
@@ -223,9 +220,10 @@ class Decoder:
     `done: true` line carries usage and the stop reason.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, req: c.Request) -> None:
+        self.req = req
         self.splitter = sse.NDJSONSplitter()
-        self.ids = _CallIds()
+        self.ids = _CallIds(req)
         self.started = False
         self.finished = False  # a done line or an error line seen
 
@@ -248,7 +246,7 @@ class Decoder:
         out: list[c.StreamEvent] = []
         if not self.started:
             self.started = True
-            out.append(c.MessageStart(_reply_id(), str(data.get("model") or "")))
+            out.append(c.MessageStart(self.req.new_id("ollama-"), str(data.get("model") or "")))
         message = _message(data)
         text = message.get("content")
         if isinstance(text, str) and text:

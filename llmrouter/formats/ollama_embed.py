@@ -83,7 +83,7 @@ def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCal
     return UpstreamCall("/api/embed", list(headers.items()), dumps(body).encode())
 
 
-def parse_response(data: bytes) -> c.Embeddings:
+def parse_response(data: bytes, req: c.Request) -> c.Embeddings:
     body = _load(data, "its reply")
     if not isinstance(body, dict):
         raise errors.UpstreamProtocolError("ollama upstream sent a non-object reply")

@@ -57,7 +57,7 @@ def _text(data: dict[str, Any]) -> str:
     return text if isinstance(text, str) else ""
 
 
-def parse_response(data: bytes) -> c.Response:
+def parse_response(data: bytes, req: c.Request) -> c.Response:
     body = _load(data, "its reply")
     if not isinstance(body, dict):
         raise errors.UpstreamProtocolError("ollama upstream sent a non-object reply")
@@ -75,7 +75,7 @@ def parse_response(data: bytes) -> c.Response:
 class Decoder:
     """/api/generate NDJSON -> canonical text events, one Frame per line."""
 
-    def __init__(self) -> None:
+    def __init__(self, req: c.Request) -> None:
         self.splitter = sse.NDJSONSplitter()
         self.started = False
         self.finished = False  # a done line or an error line seen

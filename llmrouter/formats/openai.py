@@ -10,9 +10,6 @@ with the Responses format.
 from __future__ import annotations
 
 import json
-import logging
-import time
-import uuid
 from typing import Any
 
 from llmrouter import canonical as c
@@ -20,8 +17,6 @@ from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import Frame, UpstreamCall, forwardable_body, passthrough
 from llmrouter.sse import SSESplitter
-
-log = logging.getLogger("llmrouter.formats.openai")
 
 # ensure_ascii keeps lone surrogates a client may send encodable as UTF-8.
 dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -87,8 +82,9 @@ def image_to_url(image: c.Image) -> str:
     return image.url or ""
 
 
-def parse_tool_choice(value: Any, path: str = "tool_choice") -> str | dict[str, str] | None:
-    """OpenAI-style tool_choice in either API's spelling; forms we cannot route are dropped."""
+def parse_tool_choice(value: Any, warnings: list[str], path: str = "tool_choice") -> str | dict[str, str] | None:
+    """OpenAI-style tool_choice in either API's spelling; forms we cannot route
+    are dropped (noted in `warnings`)."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -97,17 +93,13 @@ def parse_tool_choice(value: Any, path: str = "tool_choice") -> str | dict[str, 
         return value
     choice = object_at(value, path)
     if choice.get("type") != "function":
-        log.debug("dropped tool_choice of type %r", choice.get("type"))
+        warnings.append(f"dropped tool_choice of type {choice.get('type')!r}")
         return None
     # Chat completions nest the name under `function`; the Responses API does not.
     fn = take(choice, "function", "object", path)
     if fn is not None:
         return {"name": take(fn, "name", "string", f"{path}.function", required=True)}
     return {"name": take(choice, "name", "string", path, required=True)}
-
-
-def new_id(prefix: str) -> str:
-    return prefix + uuid.uuid4().hex[:24]
 
 
 # --- client side: requests -------------------------------------------------------
@@ -120,7 +112,8 @@ def parse_request(body: object) -> c.Request:
     items = take(body, "messages", "array", required=True)
     if not items:
         raise errors.BadRequest("messages must be a non-empty array", param="messages")
-    system, messages = _parse_messages(items)
+    warnings: list[str] = []
+    system, messages = _parse_messages(items, warnings)
     max_tokens = take(body, "max_tokens", "count")
     max_completion = take(body, "max_completion_tokens", "count")
     stream_options = take(body, "stream_options", "object") or {}
@@ -128,8 +121,8 @@ def parse_request(body: object) -> c.Request:
         model=model,
         messages=messages,
         system=system,
-        tools=_parse_tools(take(body, "tools", "array") or []),
-        tool_choice=parse_tool_choice(body.get("tool_choice")),
+        tools=_parse_tools(take(body, "tools", "array") or [], warnings),
+        tool_choice=parse_tool_choice(body.get("tool_choice"), warnings),
         max_tokens=max_completion if max_completion is not None else max_tokens,
         temperature=take(body, "temperature", "number"),
         top_p=take(body, "top_p", "number"),
@@ -140,10 +133,11 @@ def parse_request(body: object) -> c.Request:
         plugins=parse_plugins(body),
         client_format="openai",
         raw=body,
+        warnings=warnings,
     )
 
 
-def _parse_messages(items: list[Any]) -> tuple[str | None, list[c.Message]]:
+def _parse_messages(items: list[Any], warnings: list[str]) -> tuple[str | None, list[c.Message]]:
     systems: list[str] = []
     messages: list[c.Message] = []
     for i, item in enumerate(items):
@@ -157,7 +151,7 @@ def _parse_messages(items: list[Any]) -> tuple[str | None, list[c.Message]]:
             messages.append(c.Message("user", _parse_content(content, f"{path}.content")))
         elif role == "assistant":
             parts = _parse_content(content, f"{path}.content")
-            parts.extend(_parse_tool_calls(message.get("tool_calls"), f"{path}.tool_calls"))
+            parts.extend(_parse_tool_calls(message.get("tool_calls"), f"{path}.tool_calls", warnings))
             messages.append(c.Message("assistant", parts))
         elif role in ("tool", "function"):
             # `function` is the deprecated predecessor of `tool`, keyed by name.
@@ -214,7 +208,7 @@ def _parse_content(content: Any, path: str) -> list[c.Part]:
     return parts
 
 
-def _parse_tool_calls(value: Any, path: str) -> list[c.Part]:
+def _parse_tool_calls(value: Any, path: str, warnings: list[str]) -> list[c.Part]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -224,7 +218,7 @@ def _parse_tool_calls(value: Any, path: str) -> list[c.Part]:
         where = f"{path}[{k}]"
         call = object_at(item, where)
         if call.get("type", "function") != "function":
-            log.debug("dropped assistant tool call of type %r", call.get("type"))
+            warnings.append(f"dropped assistant tool call of type {call.get('type')!r}")
             continue
         call_id = take(call, "id", "string", where, required=True)
         fn = take(call, "function", "object", where, required=True)
@@ -240,13 +234,13 @@ def _parse_tool_calls(value: Any, path: str) -> list[c.Part]:
     return calls
 
 
-def _parse_tools(items: list[Any]) -> list[c.Tool]:
+def _parse_tools(items: list[Any], warnings: list[str]) -> list[c.Tool]:
     tools: list[c.Tool] = []
     for i, item in enumerate(items):
         path = f"tools[{i}]"
         tool = object_at(item, path)
         if tool.get("type", "function") != "function":
-            log.debug("dropped tool of type %r", tool.get("type"))
+            warnings.append(f"dropped tool of type {tool.get('type')!r}")
             continue
         fn = take(tool, "function", "object", path, required=True)
         where = f"{path}.function"
@@ -302,8 +296,8 @@ FINISH_REASONS = {
 }
 
 
-def _client_id(upstream_id: str) -> str:
-    return upstream_id if upstream_id.startswith("chatcmpl-") else new_id("chatcmpl-")
+def _client_id(upstream_id: str, req: c.Request) -> str:
+    return upstream_id if upstream_id.startswith("chatcmpl-") else req.new_id("chatcmpl-")
 
 
 def prompt_tokens(usage: c.Usage) -> int:
@@ -324,15 +318,15 @@ def usage_json(usage: c.Usage) -> dict[str, Any]:
     return out
 
 
-def _tool_call_json(call: c.ToolCall) -> dict[str, Any]:
+def _tool_call_json(call: c.ToolCall, req: c.Request) -> dict[str, Any]:
     return {
-        "id": call.id or new_id("call_"),
+        "id": call.id or req.new_id("call_"),
         "type": "function",
         "function": {"name": call.name, "arguments": call.arguments or "{}"},
     }
 
 
-def render_response(resp: c.Response, req: c.Request, *, now: float | None = None) -> dict[str, Any]:
+def render_response(resp: c.Response, req: c.Request) -> dict[str, Any]:
     calls = resp.tool_calls
     text = resp.text
     message: dict[str, Any] = {
@@ -342,11 +336,11 @@ def render_response(resp: c.Response, req: c.Request, *, now: float | None = Non
         "refusal": None,
     }
     if calls:
-        message["tool_calls"] = [_tool_call_json(call) for call in calls]
+        message["tool_calls"] = [_tool_call_json(call, req) for call in calls]
     return {
-        "id": _client_id(resp.id),
+        "id": _client_id(resp.id, req),
         "object": "chat.completion",
-        "created": int(time.time() if now is None else now),
+        "created": int(req.now),
         "model": resp.model or req.model,
         "choices": [
             {
@@ -367,19 +361,21 @@ def error_body(err: errors.RouterError) -> dict[str, Any]:
 class Encoder:
     """Canonical stream events as chat.completion.chunk SSE frames."""
 
-    def __init__(self, req: c.Request, model: str, *, now: float | None = None) -> None:
+    end_after_error = False  # an error chunk is no terminal event: the body is cut short
+
+    def __init__(self, req: c.Request, model: str) -> None:
+        self._req = req
         self._include_usage = req.include_usage
-        self._id = new_id("chatcmpl-")
+        self._id = ""  # the upstream's chatcmpl- id, else one of ours, fixed by the first chunk
         self._model = model
-        self._created = int(time.time() if now is None else now)
+        self._created = int(req.now)
         self._head = b""  # every chunk's shared opening, fixed by the first one
         self._tools: dict[int, int] = {}  # canonical index -> OpenAI index
         self._usage = c.Usage()
         self._stopped = False
 
     def _start(self, upstream_id: str = "", model: str = "") -> bytes:
-        if upstream_id.startswith("chatcmpl-"):
-            self._id = upstream_id
+        self._id = _client_id(upstream_id, self._req)
         self._model = model or self._model
         self._head = (
             b'data: {"id":' + dumps(self._id).encode() + b',"object":"chat.completion.chunk","created":'
@@ -409,7 +405,7 @@ class Encoder:
             index = self._tools.setdefault(event.index, len(self._tools))
             call = {
                 "index": index,
-                "id": event.id or new_id("call_"),
+                "id": event.id or self._req.new_id("call_"),
                 "type": "function",
                 "function": {"name": event.name, "arguments": ""},
             }
@@ -454,10 +450,11 @@ _RENDERED = frozenset(
 
 
 def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCall:
+    warnings: list[str] = []
     if passthrough(req, "openai"):
         body = forwardable_body(req, model)
     else:
-        body = _render_body(req, model, provider)
+        body = _render_body(req, model, provider, warnings)
     headers = [("content-type", "application/json")]
     if req.stream:
         options = body.get("stream_options")
@@ -466,15 +463,15 @@ def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCal
     if provider.api_key:
         headers.append(("authorization", f"Bearer {provider.api_key}"))
     headers.extend(provider.headers)
-    return UpstreamCall("/chat/completions", headers, dumps(body).encode())
+    return UpstreamCall("/chat/completions", headers, dumps(body).encode(), warnings)
 
 
-def _render_body(req: c.Request, model: str, provider: Provider) -> dict[str, Any]:
+def _render_body(req: c.Request, model: str, provider: Provider, warnings: list[str]) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if req.client_format == "openai" and req.raw is not None:
         body.update((k, v) for k, v in req.raw.items() if k not in _RENDERED)
     body["model"] = model
-    body["messages"] = render_messages(req)
+    body["messages"] = _render_messages(req, warnings)
     body["stream"] = req.stream
     if req.max_tokens is not None:
         body[_max_tokens_key(req, provider)] = req.max_tokens
@@ -518,28 +515,28 @@ def _response_format_json(fmt: dict[str, Any]) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": spec}
 
 
-def render_messages(req: c.Request) -> list[dict[str, Any]]:
+def _render_messages(req: c.Request, warnings: list[str]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if req.system:
         out.append({"role": "system", "content": req.system})
     for message in req.messages:
         if message.role == "assistant":
-            out.append(_assistant_json(message))
+            out.append(_assistant_json(message, req))
         else:
-            out.extend(_user_json(message))
+            out.extend(_user_json(message, warnings))
     return out
 
 
-def _assistant_json(message: c.Message) -> dict[str, Any]:
+def _assistant_json(message: c.Message, req: c.Request) -> dict[str, Any]:
     text = "".join(p.text for p in message.content if isinstance(p, c.Text))
     calls = [p for p in message.content if isinstance(p, c.ToolCall)]
     out: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
     if calls:
-        out["tool_calls"] = [_tool_call_json(call) for call in calls]
+        out["tool_calls"] = [_tool_call_json(call, req) for call in calls]
     return out
 
 
-def _user_json(message: c.Message) -> list[dict[str, Any]]:
+def _user_json(message: c.Message, warnings: list[str]) -> list[dict[str, Any]]:
     """One `tool` message per tool result (they must follow the assistant turn
     directly), then the user's own parts. Images a tool returned go into a user
     message, since tool messages carry text only."""
@@ -556,7 +553,7 @@ def _user_json(message: c.Message) -> list[dict[str, Any]]:
         elif isinstance(part, c.Opaque) and part.format == "openai":
             parts.append(part.data)
         else:
-            log.debug("dropped %s part for an openai upstream", type(part).__name__)
+            warnings.append(f"dropped {type(part).__name__} part for an openai upstream")
     if parts or not out:
         if len(parts) == 1 and parts[0]["type"] == "text":
             out.append({"role": "user", "content": parts[0]["text"]})
@@ -603,7 +600,7 @@ def _arguments(value: Any) -> str:
     return "{}" if value is None else dumps(value)
 
 
-def parse_response(data: bytes) -> c.Response:
+def parse_response(data: bytes, req: c.Request) -> c.Response:
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -633,7 +630,7 @@ def parse_response(data: bytes) -> c.Response:
         name = fn.get("name")
         parts.append(
             c.ToolCall(
-                call_id if isinstance(call_id, str) and call_id else new_id("call_"),
+                call_id if isinstance(call_id, str) and call_id else req.new_id("call_"),
                 name if isinstance(name, str) else "",
                 _arguments(fn.get("arguments")),
             )
@@ -683,7 +680,8 @@ def _stream_error(err: Any) -> c.StreamError:
 class Decoder:
     """chat.completion.chunk SSE as canonical events, one Frame per SSE event."""
 
-    def __init__(self) -> None:
+    def __init__(self, req: c.Request) -> None:
+        self._req = req  # makes the ids of tool calls that come without one
         self._sse = SSESplitter()
         self._started = False
         self._done = False  # data: [DONE] seen
@@ -772,7 +770,7 @@ class Decoder:
             events.append(
                 c.ToolCallStart(
                     index,
-                    call_id if isinstance(call_id, str) and call_id else new_id("call_"),
+                    call_id if isinstance(call_id, str) and call_id else self._req.new_id("call_"),
                     name if isinstance(name, str) else "",
                 )
             )

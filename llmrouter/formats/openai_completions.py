@@ -70,7 +70,7 @@ def _integer(body: dict[str, Any], key: str) -> int | None:
 
 
 def _reply_id(req: c.Request, upstream_id: str) -> str:
-    return upstream_id if upstream_id.startswith("cmpl-") else "cmpl-" + req.id_seed[:24]
+    return upstream_id if upstream_id.startswith("cmpl-") else req.new_id("cmpl-")
 
 
 def _choice(text: str, finish: str | None) -> dict[str, Any]:
@@ -92,6 +92,8 @@ class Encoder:
     """Canonical text events as `text_completion` SSE chunks (no role chunk:
     the first chunk carries the first text, so the first-chunk gate waits for it)."""
 
+    end_after_error = False  # an error chunk is no terminal event: the body is cut short
+
     def __init__(self, req: c.Request, model: str) -> None:
         self._req = req
         self._id = _reply_id(req, "")
@@ -112,7 +114,8 @@ class Encoder:
         if isinstance(event, c.TextDelta):
             return self._chunk([_choice(event.text, None)]) if event.text else b""
         if isinstance(event, c.MessageStart):
-            self._id = _reply_id(self._req, event.id)
+            if event.id.startswith("cmpl-"):  # an OpenAI upstream's own id
+                self._id = event.id
             self._model = event.model or self._model
             if event.usage:
                 self._usage.merge(event.usage)
@@ -178,7 +181,7 @@ def _stop_reason(finish: Any) -> str:
     return "end_turn" if finish in ("stop", None) else "other"
 
 
-def parse_response(data: bytes) -> c.Response:
+def parse_response(data: bytes, req: c.Request) -> c.Response:
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -199,7 +202,7 @@ def parse_response(data: bytes) -> c.Response:
 class Decoder:
     """`text_completion` SSE chunks as canonical text events, one Frame per SSE event."""
 
-    def __init__(self) -> None:
+    def __init__(self, req: c.Request) -> None:
         self._sse = SSESplitter()
         self._started = False
         self._done = False  # data: [DONE] seen

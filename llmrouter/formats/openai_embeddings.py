@@ -111,7 +111,7 @@ def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCal
     return UpstreamCall("/embeddings", headers, dumps(body).encode())
 
 
-def parse_response(data: bytes) -> c.Embeddings:
+def parse_response(data: bytes, req: c.Request) -> c.Embeddings:
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError) as exc:

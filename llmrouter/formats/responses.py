@@ -9,8 +9,6 @@ would send `response.incomplete`, which Codex 0.171 does not know).
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Any
 
 from llmrouter import canonical as c
@@ -21,7 +19,6 @@ from llmrouter.formats.openai import (
     dumps,
     error_body,
     image_from_url,
-    new_id,
     object_at,
     parse_plugins,
     parse_tool_choice,
@@ -29,8 +26,6 @@ from llmrouter.formats.openai import (
     take,
 )
 from llmrouter.sse import encode_event
-
-log = logging.getLogger("llmrouter.formats.responses")
 
 __all__ = ["parse_request", "render_response", "error_body", "Encoder"]
 
@@ -53,22 +48,23 @@ def parse_request(body: object) -> c.Request:
             param="previous_response_id",
         )
     instructions = take(body, "instructions", "string")
+    warnings: list[str] = []
     ignored = [key for key in IGNORED_FIELDS if key in body]
     if ignored:
-        log.debug("ignored Responses fields %s", ", ".join(ignored))
+        warnings.append(f"ignored Responses fields {', '.join(ignored)}")
     items = body.get("input")
     if isinstance(items, str):
         items = [{"type": "message", "role": "user", "content": items}]
     elif not isinstance(items, list) or not items:
         raise bad("input", "a string or a non-empty array of items")
     systems = [instructions] if instructions else []
-    messages = _parse_items(items, systems)
+    messages = _parse_items(items, systems, warnings)
     return c.Request(
         model=model,
         messages=messages,
         system="\n\n".join(systems) if systems else None,
-        tools=_parse_tools(take(body, "tools", "array") or []),
-        tool_choice=parse_tool_choice(body.get("tool_choice")),
+        tools=_parse_tools(take(body, "tools", "array") or [], warnings),
+        tool_choice=parse_tool_choice(body.get("tool_choice"), warnings),
         max_tokens=take(body, "max_output_tokens", "count"),
         temperature=take(body, "temperature", "number"),
         top_p=take(body, "top_p", "number"),
@@ -77,10 +73,11 @@ def parse_request(body: object) -> c.Request:
         plugins=parse_plugins(body),
         client_format="responses",
         raw=body,
+        warnings=warnings,
     )
 
 
-def _parse_items(items: list[Any], systems: list[str]) -> list[c.Message]:
+def _parse_items(items: list[Any], systems: list[str], warnings: list[str]) -> list[c.Message]:
     messages: list[c.Message] = []
     for i, value in enumerate(items):
         path = f"input[{i}]"
@@ -88,7 +85,7 @@ def _parse_items(items: list[Any], systems: list[str]) -> list[c.Message]:
         kind = take(item, "type", "string", path) or ("message" if "role" in item else None)
         if kind == "message":
             role = take(item, "role", "string", path, required=True)
-            parts = _parse_content(item.get("content"), f"{path}.content")
+            parts = _parse_content(item.get("content"), f"{path}.content", warnings)
             if role in ("system", "developer"):
                 systems.append("\n\n".join(p.text for p in parts if isinstance(p, c.Text)))
             elif role in ("user", "assistant"):
@@ -108,11 +105,11 @@ def _parse_items(items: list[Any], systems: list[str]) -> list[c.Message]:
         elif kind == "function_call_output":
             call_id = take(item, "call_id", "string", path, required=True)
             output = item.get("output")
-            parts = [] if output is None else _parse_content(output, f"{path}.output")
+            parts = [] if output is None else _parse_content(output, f"{path}.output", warnings)
             append_tool_result(messages, c.ToolResult(call_id, [p for p in parts if isinstance(p, (c.Text, c.Image))]))
         else:
             # reasoning, item_reference, web_search_call, custom/local shell calls, …
-            log.debug("dropped input item of type %r", kind)
+            warnings.append(f"dropped input item of type {kind!r}")
     return messages
 
 
@@ -125,7 +122,7 @@ def _append(messages: list[c.Message], role: str, parts: list[c.Part]) -> None:
         messages.append(c.Message(role, parts))
 
 
-def _parse_content(content: Any, path: str) -> list[c.Part]:
+def _parse_content(content: Any, path: str, warnings: list[str]) -> list[c.Part]:
     if isinstance(content, str):
         return [c.Text(content)]
     if not isinstance(content, list):
@@ -143,18 +140,18 @@ def _parse_content(content: Any, path: str) -> list[c.Part]:
             parts.append(image_from_url(take(part, "image_url", "string", where), f"{where}.image_url"))
         else:
             # input_file, images by file_id, audio: nothing routed can fetch them
-            log.debug("dropped content part of type %r", kind)
+            warnings.append(f"dropped content part of type {kind!r}")
     return parts
 
 
-def _parse_tools(items: list[Any]) -> list[c.Tool]:
+def _parse_tools(items: list[Any], warnings: list[str]) -> list[c.Tool]:
     tools: list[c.Tool] = []
     for i, value in enumerate(items):
         path = f"tools[{i}]"
         tool = object_at(value, path)
         kind = take(tool, "type", "string", path, required=True)
         if kind != "function":
-            log.debug("dropped built-in tool %r", kind)  # web_search, local_shell, custom, …
+            warnings.append(f"dropped built-in tool {kind!r}")  # web_search, local_shell, custom, …
             continue
         tools.append(
             c.Tool(
@@ -257,16 +254,16 @@ def _status(stop_reason: str | None) -> tuple[str, dict[str, str] | None]:
     return "completed", None
 
 
-def render_response(resp: c.Response, req: c.Request, *, now: float | None = None) -> dict[str, Any]:
+def render_response(resp: c.Response, req: c.Request) -> dict[str, Any]:
     status, incomplete = _status(resp.stop_reason)
-    rid = new_id("resp_")
+    rid = req.new_id("resp_")
     item_status = "incomplete" if incomplete else "completed"
     output: list[dict[str, Any]] = []
     text: list[str] = []
 
     def flush_text() -> None:
         if text:
-            output.append(_message_item(new_id("msg_"), "".join(text), item_status))
+            output.append(_message_item(req.new_id("msg_"), "".join(text), item_status))
             text.clear()
 
     for part in resp.content:
@@ -274,12 +271,11 @@ def render_response(resp: c.Response, req: c.Request, *, now: float | None = Non
             text.append(part.text)
         elif isinstance(part, c.ToolCall):
             flush_text()
-            output.append(_call_item(new_id("fc_"), part.id or new_id("call_"), part.name, part.arguments or "{}", "completed"))
+            output.append(_call_item(req.new_id("fc_"), part.id or req.new_id("call_"), part.name, part.arguments or "{}", "completed"))
     flush_text()
     if not output:  # readers index output[0]; an empty reply is still a message
-        output.append(_message_item(new_id("msg_"), "", item_status))
-    created = int(time.time() if now is None else now)
-    out = _envelope(rid, created, resp.model or req.model, req)
+        output.append(_message_item(req.new_id("msg_"), "", item_status))
+    out = _envelope(rid, int(req.now), resp.model or req.model, req)
     out.update(status=status, error=None, incomplete_details=incomplete, output=output, usage=_usage_json(resp.usage))
     return out
 
@@ -298,11 +294,11 @@ class Encoder:
     # one it reports "error decoding response body" and loses the message).
     end_after_error = True
 
-    def __init__(self, req: c.Request, model: str, *, now: float | None = None) -> None:
+    def __init__(self, req: c.Request, model: str) -> None:
         self._req = req
         self._model = model
-        self._id = new_id("resp_")
-        self._created = int(time.time() if now is None else now)
+        self._id = req.new_id("resp_")
+        self._created = int(req.now)
         self._seq = 0
         self._started = False
         self._output: list[dict[str, Any]] = []  # items by output_index, open or done
@@ -356,7 +352,7 @@ class Encoder:
         if isinstance(event, c.ToolCallStart):
             out = self._close_text()
             index = len(self._output)
-            item = _call_item(new_id("fc_"), event.id or new_id("call_"), event.name, "", "in_progress")
+            item = _call_item(self._req.new_id("fc_"), event.id or self._req.new_id("call_"), event.name, "", "in_progress")
             self._output.append(item)
             self._calls[event.index] = index
             return out + self._emit("response.output_item.added", {"output_index": index, "item": dict(item)})
@@ -375,7 +371,7 @@ class Encoder:
         if self._text is None:
             out = self._close_calls()
             index = len(self._output)
-            self._text = _message_item(new_id("msg_"), None, "in_progress")
+            self._text = _message_item(self._req.new_id("msg_"), None, "in_progress")
             self._output.append(self._text)
             self._text_chunks = []
             ids = {"item_id": self._text["id"], "output_index": index}
