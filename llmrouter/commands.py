@@ -62,11 +62,6 @@ class ReadUpstreamBody:
 
 
 @dataclass(frozen=True)
-class CloseUpstream:
-    """Release the open upstream response (its connection is reused only if it was read to the end)."""
-
-
-@dataclass(frozen=True)
 class StartResponse:
     status: int
     headers: list[tuple[str, str]]
@@ -91,5 +86,5 @@ class AbortResponse:
 
 
 Command = (
-    Publish | Log | OpenUpstream | ReadUpstream | ReadUpstreamBody | CloseUpstream | StartResponse | SendBody | EndResponse | AbortResponse
+    Publish | Log | OpenUpstream | ReadUpstream | ReadUpstreamBody | StartResponse | SendBody | EndResponse | AbortResponse
 )

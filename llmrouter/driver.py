@@ -20,7 +20,6 @@ import anyio
 from llmrouter import canonical, errors, events
 from llmrouter.commands import (
     AbortResponse,
-    CloseUpstream,
     EndResponse,
     Log,
     OpenUpstream,
@@ -173,8 +172,6 @@ class _Run:
             await self.writer.end()
         elif isinstance(cmd, AbortResponse):
             await self.writer.abort()
-        elif isinstance(cmd, CloseUpstream):
-            await self.release()
         elif isinstance(cmd, Log):
             getattr(log, cmd.level)(cmd.message)
         else:  # a command without a handler is a bug

@@ -16,7 +16,6 @@ import functools
 import itertools
 import json
 import math
-import random
 from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +64,13 @@ FORWARDED_HEADERS = ("anthropic-beta",)
 Pipeline = Generator[Command, Any, None]
 
 
+class _FirstDraw:
+    """The default rng (tests): the random rule's draws follow the candidates' order."""
+
+    def randrange(self, stop: int, /) -> int:
+        return 0
+
+
 def _counting_seeds() -> Callable[[], str]:
     """Deterministic id seeds (tests); app.py passes random ones."""
     count = itertools.count(1)
@@ -77,7 +83,7 @@ class Context:
 
     config: Config
     discovered: Mapping[str, Collection[str]] = field(default_factory=dict)
-    rng: random.Random = field(default_factory=random.Random)
+    rng: router.Rng = field(default_factory=_FirstDraw)
     clock_ms: Callable[[], int] = lambda: 0  # wall clock, epoch ms
     new_seed: Callable[[], str] = field(default_factory=_counting_seeds)  # a hex string, unique per request
     monotonic: Callable[[], float] = lambda: 0.0
@@ -250,17 +256,17 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
         return
     if last_error is not None:
         raise last_error
+    # router.decisions yields a decision or raises NoRoute itself, and each
+    # decision was tried (failing above), skipped (circuit open) or unable.
     if skipped:
         wait = ctx.breakers.retry_in(skipped, ctx.monotonic())
         raise errors.CircuitOpen(
             f"provider(s) {', '.join(skipped)} failed repeatedly and are skipped for now; retry in {wait:.0f}s",
             retry_after=breaker.retry_after_header(wait),
         )
-    if unable:
-        names = ", ".join(f"'{name}' (format {fmt})" for name, fmt in unable.items())
-        raise errors.KindNotSupported(f"no provider routed for model '{req.model}' can serve {req.kind} requests: "
-                                      f"provider {names} has no API for them", param="model")
-    raise errors.NoRoute(f"no provider configured for model '{req.model}'", param="model")
+    names = ", ".join(f"'{name}' (format {fmt})" for name, fmt in unable.items())
+    raise errors.KindNotSupported(f"no provider routed for model '{req.model}' can serve {req.kind} requests: "
+                                  f"provider {names} has no API for them", param="model")
 
 
 def _breaker_outcome(ctx: Context, name: str, status: int) -> Pipeline:

@@ -13,9 +13,8 @@ Pure: the caller passes the discovered model sets and the random generator.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
-from typing import Collection, Iterable, Iterator, Mapping
+from typing import Collection, Iterable, Iterator, Mapping, Protocol
 
 from . import errors
 from .canonical import Request
@@ -65,7 +64,14 @@ def _discovered_name(model: str, names: Collection[str]) -> str | None:
     return None
 
 
-def _draw(pool: list, rng: random.Random) -> Iterator:
+class Rng(Protocol):
+    """What the random rule draws with; the caller owns the randomness
+    (app.py passes a random.Random)."""
+
+    def randrange(self, stop: int, /) -> int: ...
+
+
+def _draw(pool: list, rng: Rng) -> Iterator:
     """Uniform draws without replacement, made only as the caller asks for more."""
     pool = list(pool)
     while pool:
@@ -77,7 +83,7 @@ def _rule_decisions(
     req: Request,
     active: Mapping[str, Provider],
     discovered: Mapping[str, Collection[str]],
-    rng: random.Random,
+    rng: Rng,
 ) -> Iterator[tuple[str, str]]:
     """(provider name, model) pairs for one rule, best first; names are active."""
     model = req.model
@@ -171,7 +177,7 @@ def decisions(
     req: Request,
     config: Config,
     discovered: Mapping[str, Collection[str]],
-    rng: random.Random,
+    rng: Rng,
 ) -> Iterator[Decision]:
     """Yield the routes for `req`, best first, lazily.
 

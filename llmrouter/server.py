@@ -452,7 +452,3 @@ def _reason(status: int) -> bytes:
         return b""
 
 
-def loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
-
-

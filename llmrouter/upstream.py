@@ -371,12 +371,6 @@ class UpstreamStream:
         self._conn = conn
         self.done = False
 
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
     async def read(self, keepalive: Keepalive | None = None) -> bytes:
         """The next body chunk, b"" at the end. Raises UpstreamError.
 

@@ -457,7 +457,7 @@ async def test_upstream_error_status_is_passed_on_and_connection_kept() -> None:
         upstreams = Upstreams((prov,))
         stream = await upstreams.open(prov, CALL)
         assert stream.status == 429
-        assert stream.header("retry-after") == "1"
+        assert ("retry-after", "1") in stream.headers
         assert b"slow down" in await stream.read_all(1 << 16)
         await stream.aclose()
         assert await fetch(upstreams, prov) == OK_BODY
