@@ -167,3 +167,16 @@ def test_a_cancelled_completion_closes_its_upstream_request(fake, model, phase):
         assert router.app.upstreams.pool_stats(provider)["open"] <= pooled  # the cancelled one is not kept
         assert sdk(router).completions.create(model=model, prompt="next").choices[0].text == "echo: next"
 
+
+
+def test_plugins_see_the_prompt_but_completions_are_never_healed(fake):
+    """Keyword classifiers tag a completion by its prompt; response-healing
+    (enabled for every request) leaves a completion's text as the model wrote it."""
+    extra = ('[classifiers.keyword]\nenabled = true\n[classifiers.keyword.tags]\npython = ["def "]\n'
+             '[plugins.response-healing]\nenabled = true\n')
+    with running_router(config(fake, extra)) as router:
+        fake.script = lambda request: Reply.text('{"a": 1,', chunks=1)
+        reply = sdk(router).completions.with_raw_response.create(model="o/coder", prompt=PREFIX)
+        assert reply.parse().choices[0].text == '{"a": 1,' and reply.headers["x-router-tags"] == "python"
+        (record,) = router.wait_records(1)
+        assert record["tags"] == ["python"] and record["plugins"] == []
