@@ -180,3 +180,12 @@ def test_plugins_see_the_prompt_but_completions_are_never_healed(fake):
         assert reply.parse().choices[0].text == '{"a": 1,' and reply.headers["x-router-tags"] == "python"
         (record,) = router.wait_records(1)
         assert record["tags"] == ["python"] and record["plugins"] == []
+
+
+def test_fields_ollama_cannot_take_are_dropped_with_a_debug_line(router, fake, caplog):
+    with caplog.at_level("DEBUG", logger="llmrouter"):
+        sdk(router).completions.create(model="l/coder", prompt="x", echo=True, n=1, logprobs=2)
+        router.wait_records(1)
+    assert set(posted(fake)[0].json) == {"model", "prompt", "stream", "raw"}
+    dropped = [r.getMessage() for r in caplog.records if "dropped completion field" in r.getMessage()]
+    assert sorted(dropped) == [f"dropped completion field '{k}' for an ollama upstream" for k in ("echo", "logprobs", "n")]

@@ -20,12 +20,19 @@ from llmrouter.formats.ollama import _load, _usage
 
 FORMAT, KIND = "ollama", c.COMPLETION
 error_message = ollama.error_message
+# The fields of an OpenAI /v1/completions body that reach /api/generate.
+_OPENAI_MAPPED = frozenset(
+    ("model", "prompt", "suffix", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options", "plugins")
+)
 
 
 def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCall:
+    warnings: list[str] = []
     if passthrough(req, FORMAT):
         body = forwardable_body(req, model)
     else:
+        if req.client_format == "openai" and req.raw is not None:
+            warnings = [f"dropped completion field {k!r} for an ollama upstream" for k in req.raw if k not in _OPENAI_MAPPED]
         body = {"model": model, "prompt": req.prompt, "stream": req.stream}
         if req.suffix is not None:
             body["suffix"] = req.suffix
@@ -43,7 +50,7 @@ def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCal
         headers["authorization"] = f"Bearer {provider.api_key}"
     for name, value in provider.headers:
         headers[name.lower()] = value
-    return UpstreamCall("/api/generate", list(headers.items()), dumps(body).encode())
+    return UpstreamCall("/api/generate", list(headers.items()), dumps(body).encode(), warnings)
 
 
 def _stop(done_reason: object) -> str:
