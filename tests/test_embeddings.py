@@ -201,3 +201,18 @@ def test_embedding_inputs_must_be_a_boolean(fake):
 
     with pytest.raises(ConfigError, match="logging.embedding_inputs"):
         make_config(config(fake, '[logging]\nembedding_inputs = "yes"\n'))
+
+
+@pytest.mark.parametrize("method, path, ctype, status", [
+    ("GET", "/api/embed", "application/json", 405),
+    ("GET", "/v1/embeddings", "application/json", 405),
+    ("POST", "/api/embeddings", "text/plain", 415),
+    ("POST", "/v1/embeddings", "text/plain", 415),
+])
+def test_wrong_method_or_content_type_is_refused_in_the_callers_shape(router, fake, method, path, ctype, status):
+    reply = httpcore.request(method, router.url + path, headers={"content-type": ctype},
+                             content=b'{"model": "o/e", "input": "x"}' if method == "POST" else b"")
+    error = json.loads(reply.content)["error"]
+    assert reply.status == status and isinstance(error, str if path.startswith("/api/") else dict)
+    (record,) = router.wait_records(1)
+    assert (record["kind"], record["status"]) == ("embedding", status) and posted(fake) == []
