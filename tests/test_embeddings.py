@@ -148,6 +148,7 @@ def post(router, path: str, body: object) -> tuple[int, object]:
     ({"model": "o/e", "input": [1, 2, 3]}, "input"),  # token arrays
     ({"model": "o/e", "input": []}, "input"),
     ({"model": "o/e", "input": "x", "encoding_format": "int8"}, "encoding_format"),
+    ({"model": "o/e", "input": "x", "encoding_format": ""}, "encoding_format"),
     ({"model": "o/e", "input": "x", "dimensions": 0}, "dimensions"),
     ({"input": "x"}, "model"),
 ])

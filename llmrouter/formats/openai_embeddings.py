@@ -54,8 +54,10 @@ def parse_request(body: object) -> c.Request:
     if not isinstance(body, dict):
         raise errors.BadRequest("request body must be a JSON object")
     model = take(body, "model", "string", required=True)
-    encoding = take(body, "encoding_format", "string") or "float"
-    if encoding not in ENCODINGS:
+    encoding = take(body, "encoding_format", "string")
+    if encoding is None:
+        encoding = "float"
+    elif encoding not in ENCODINGS:
         raise bad("encoding_format", 'one of "float", "base64"')
     user = take(body, "user", "string")
     return c.embedding_request(
