@@ -25,6 +25,8 @@ from llmrouter.bus import EventBus
 from llmrouter.config import Config
 from llmrouter.discovery import Discovery
 from llmrouter.driver import Driver
+from llmrouter.measure import Measurements
+from llmrouter.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from llmrouter.pipeline import CLIENT_FORMATS, Context, Exchange, handle
 from llmrouter.reqlog import RequestLog
 from llmrouter.server import HTTPRequest, ProtocolFailure, ResponseWriter, Server
@@ -38,7 +40,7 @@ CHAT_ROUTES = {
     "/v1/completions": "openai-completions", "/v1/embeddings": "openai-embeddings",
     "/api/embed": "ollama-embed", "/api/embeddings": "ollama-embeddings",
 }
-GET_ROUTES = ("/health", "/v1/models", "/dashboard", "/dashboard/events")
+GET_ROUTES = ("/health", "/v1/models", "/metrics", "/dashboard", "/dashboard/events")
 KEEPALIVE_EVERY = 15.0
 SUBSCRIBER_BUFFER = 1024
 FEED_SEND_TIMEOUT = 5.0  # a feed subscriber whose socket takes no data this long is cut off
@@ -53,6 +55,8 @@ class App:
         self.upstreams = Upstreams(config.providers)
         self.discovery = Discovery(config, self.upstreams)
         self.reqlog = RequestLog(config.logging.path) if config.logging.enabled else None
+        self.metrics = Metrics(config.metrics.model_label)
+        self.measurements = Measurements()  # one object, handed to every Context (and kept across reloads)
         self.ctx = Context(
             config=config,
             discovered=self.discovery.models,
@@ -61,8 +65,9 @@ class App:
             new_seed=lambda: os.urandom(12).hex(),
             monotonic=time.monotonic,
             breakers=Breakers(config.server.breaker_failures, config.server.breaker_cooldown),
+            measurements=self.measurements,
         )
-        self.driver = Driver(self.upstreams, self.bus.publish, self.reqlog.append if self.reqlog else None, self.ctx.clock_ms)
+        self.driver = Driver(self.upstreams, self.bus.publish, self.reqlog.append if self.reqlog else None, self.ctx.clock_ms, self.observe)
         self.server = Server(self.handle, self.render_failure, config.server)
         self._ids = itertools.count()
         self.stopped = anyio.Event()  # set once run() has drained and closed everything
@@ -111,6 +116,8 @@ class App:
                 await self.health(request, writer)
             elif path == "/v1/models":
                 await self.models(writer)
+            elif path == "/metrics":
+                await self.render_metrics(writer)
             elif path == "/dashboard":
                 await self.dashboard(writer)
             else:
@@ -152,7 +159,7 @@ class App:
             client_format=client_format,
             headers=request.headers,
             body=request.body,
-            record=events.Record(number, request_id, *_format_and_kind(client_format)),
+            record=events.Record(number, request_id, *_format_and_kind(client_format), endpoint=request.path),
             refusal=refusal,
         )
         self.ctx.in_flight += 1
@@ -160,6 +167,25 @@ class App:
             await self.driver.run(handle(self.ctx, ex), ex, writer, started)
         finally:
             self.ctx.in_flight -= 1
+
+    def observe(self, record: dict[str, Any]) -> None:
+        """Feeds a request's `complete` record to the metrics and the live
+        measurements, and publishes the providers' new figures."""
+        self.metrics.observe(record)
+        for name in self.measurements.observe(record):
+            stats = self.measurements.get(name)
+            if stats is not None:
+                self.driver.publish(events.measured(record["ts_ms"], name, stats.to_json()))
+
+    async def render_metrics(self, writer: ResponseWriter) -> None:
+        now = self.ctx.monotonic()
+        states = self.ctx.breakers.snapshot([p.name for p in self.config.providers], now)
+        text = self.metrics.render(
+            in_flight=self.ctx.in_flight,
+            circuits={name: entry["state"] != "closed" for name, entry in states.items()},
+            events_dropped=self.bus.dropped_total,
+        )
+        await writer.respond(200, [("content-type", METRICS_CONTENT_TYPE)], text.encode())
 
     async def health(self, request: HTTPRequest, writer: ResponseWriter) -> None:
         if "verbose" not in request.query:
@@ -182,6 +208,8 @@ class App:
             "discovered": {k: sorted(v) for k, v in self.discovery.models.items()},
             "events": self.bus.statistics(),
             "breakers": self.ctx.breakers.snapshot([p.name for p in self.config.providers], self.ctx.monotonic()),
+            # Model names come from clients: only where the feed is open too (no client key).
+            "measurements": self.measurements.to_json(per_model=not self.config.server.api_key),
         }
         await writer.respond(200, [("content-type", "application/json")], json.dumps(body).encode())
 

@@ -32,6 +32,7 @@ class EventBus:
     def __init__(self) -> None:
         self._subscribers: list[Subscription] = []
         self.published = 0
+        self.dropped_total = 0  # events lost by any subscriber, ever (the metrics counter)
 
     def publish(self, event: dict[str, Any]) -> None:
         self.published += 1
@@ -41,6 +42,7 @@ class EventBus:
             except anyio.WouldBlock:
                 sub.dropped += 1
                 sub.dropped_total += 1
+                self.dropped_total += 1
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass  # its reader is gone; unsubscribe() removes it
 

@@ -1,4 +1,4 @@
-"""Command line: `llmrouter [serve] [CONFIG]`, `llmrouter check [CONFIG]`, and the live views."""
+"""Command line: `llmrouter [serve] [CONFIG]`, `llmrouter check [CONFIG]`, `llmrouter init`, and the live views."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 from llmrouter import __version__
 
-COMMANDS = ("serve", "check", "watch", "tui")
+COMMANDS = ("serve", "check", "init", "watch", "tui")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A fast, local-first LLM router. With no command, `serve` is assumed: "
         "`llmrouter [CONFIG]` serves the given config (default ./config.toml, else the built-in default).",
     )
-    parser.add_argument("--version", action="version", version=f"llmrouter {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the versions this runs with, and from where")
     parser.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
@@ -34,15 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="override server.port")
     check = sub.add_parser("check", help="validate a config and print what it means")
     check.add_argument("config", nargs="?", help="config file (default ./config.toml, else the built-in default)")
+    init = sub.add_parser("init", help="write a config for what runs on this host (asks 127.0.0.1 only)")
+    init.add_argument("path", nargs="?", help="where to write it (default ./config.toml)")
+    init.add_argument("--force", action="store_true", help="replace the file if it exists")
+    init.add_argument("--port", action="append", default=[], metavar="SERVER=PORT",
+                      help="look for a local server on another port: llama.cpp, ollama, vllm or lmstudio (repeatable)")
     _add_view_parsers(sub)
     return parser
 
 
+# The views' defaults, written out so that building the parser (for `serve`
+# too) imports neither watch nor tui; tests/test_footprint.py checks they match.
+DEFAULT_URL = "http://127.0.0.1:8090"
+API_KEY_ENV = "LLMROUTER_API_KEY"
+DEFAULT_MODEL = "llama3.1:8b"
+
+
 def _add_view_parsers(sub) -> None:
     """`watch` and `tui`: clients of a running router's event feed (they read no config)."""
-    from llmrouter.tui_state import DEFAULT_MODEL
-    from llmrouter.watch import API_KEY_ENV, DEFAULT_URL
-
     url_help = f"the router's address (default {DEFAULT_URL}); sends ${API_KEY_ENV} as the key when set"
     watch = sub.add_parser("watch", help="print every request's lifecycle as it happens")
     watch.add_argument("url", nargs="?", default=DEFAULT_URL, help=url_help)
@@ -50,9 +59,44 @@ def _add_view_parsers(sub) -> None:
     colors.add_argument("--color", dest="color", action="store_const", const=True, help="colours even when not on a terminal")
     colors.add_argument("--no-color", dest="color", action="store_const", const=False, help="never colour")
     watch.add_argument("--json", action="store_true", help="print each event as one line of JSON")
+    watch.add_argument("--stats", action="store_true", help="also print each provider's live measurements as they change")
     tui = sub.add_parser("tui", help="full-screen live view with stats and a chat client")
     tui.add_argument("url", nargs="?", default=DEFAULT_URL, help=url_help)
     tui.add_argument("--model", default=DEFAULT_MODEL, help=f"the chat's first model (default {DEFAULT_MODEL}; `:model NAME` changes it)")
+
+
+class _Version(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[no-untyped-def]
+        print(version_text())
+        parser.exit()
+
+
+def version_text() -> str:
+    """llmrouter's version, the dependencies it imports, Python, and whether it
+    runs from a single file (scripts/build_pyz.py) or an installed package."""
+    import zipimport
+    from importlib import metadata
+
+    import llmrouter
+
+    names = ["h11", "anyio", "httpcore", "certifi"] + (["tomli"] if sys.version_info < (3, 11) else [])
+    versions = []
+    for name in names:
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{name} (not found)")
+    package = os.path.dirname(llmrouter.__file__)
+    if isinstance(llmrouter.__spec__.loader, zipimport.zipimporter):
+        origin = f"single file {os.path.dirname(package)} (zipapp)"
+    else:
+        origin = f"package {package}"
+    return "\n".join([
+        f"llmrouter {__version__}",
+        ", ".join(versions),
+        f"Python {sys.version.split()[0]} ({sys.executable})",
+        f"running from the {origin}",
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,10 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("llmrouter").info("loaded %d variable(s) from .env: %s", len(loaded), ", ".join(loaded))
     if args.command == "check":
         return check(args.config)
+    if args.command == "init":
+        from llmrouter import init
+
+        return init.run(args.path, args.force, args.port)
     if args.command == "watch":
         from llmrouter import watch
 
-        return watch.run(args.url, watch.use_color(args.color), args.json)
+        return watch.run(args.url, watch.use_color(args.color), args.json, stats=args.stats)
     if args.command == "tui":
         from llmrouter import tui
 
@@ -173,7 +221,7 @@ def serve(path: str | None, host: str | None, port: int | None) -> int:
             except OSError as exc:
                 log.error("cannot listen on %s:%s: %s", cfg.server.host, cfg.server.port, exc)
                 raise SystemExit(1) from None
-            url = f"http://{_url_host(cfg.server.host)}:{bound}"
+            url = config.server_url(cfg.server.host, bound)
             dashboard = f", dashboard {url}/dashboard" if cfg.server.dashboard else ""
             print(
                 f"llmrouter {__version__} listening on {url} (config: {cfg.source}, {len(cfg.providers)} provider(s){dashboard})",
@@ -198,9 +246,3 @@ async def stop_on_signal(app) -> None:
             logging.getLogger("llmrouter").info("%s: finishing in-flight requests, then stopping", signal.Signals(signum).name)
             app.shutdown()
             break
-
-
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "::", ""):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host

@@ -29,7 +29,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 FORMATS = ("openai", "anthropic", "ollama")
-RULE_TYPES = ("prefix", "tag", "price", "latency", "throughput", "fallback", "discover", "random")
+RULE_TYPES = ("prefix", "tag", "price", "latency", "throughput", "fallback", "discover", "random", "least_busy")
 CLASSIFIER_IDS = ("keyword",)
 PLUGIN_IDS = ("response-healing", "pareto-router")
 DEFAULT_PATH = "config.toml"
@@ -67,6 +67,11 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    model_label: bool = False  # a `model` label on GET /metrics series (unbounded cardinality)
+
+
+@dataclass(frozen=True)
 class Provider:
     name: str
     format: str  # one of FORMATS
@@ -84,6 +89,7 @@ class Provider:
     first_byte_timeout: float = 120.0  # until the response head arrives
     idle_timeout: float = 120.0  # longest silence between two body chunks
     total_timeout: float = 900.0  # the whole exchange
+    ca_bundle: str | None = None  # extra trusted CAs (PEM) for https; absolute after load
     # Resolved from api_key_env at startup; never printed (repr=False).
     api_key: str | None = field(default=None, repr=False, compare=False)
 
@@ -108,6 +114,7 @@ class Rule:
     quality_bias: float = 0.5
     candidates: tuple[Candidate, ...] = ()
     strip_prefix: bool = False  # prefix rules: send the model without model_prefix
+    measured: bool = False  # latency, throughput: rank by live measurements (llmrouter/measure.py)
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,7 @@ class Entry:
 class Config:
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
     providers: tuple[Provider, ...] = ()  # active providers, in config order
     routers: tuple[Rule, ...] = ()
     classifiers: dict[str, Entry] = field(default_factory=dict)
@@ -513,6 +521,8 @@ def _logging(r: _Reader, raw: Any, environ: Mapping[str, str], base_dir: str | N
         return log
 
 
+_METRICS_SPEC: dict[str, Check | None] = {"model_label": _bool}
+
 _PROVIDER_SPEC: dict[str, Check | None] = {
     "name": _provider_name,
     "format": _choice(FORMATS, "format"),
@@ -530,6 +540,7 @@ _PROVIDER_SPEC: dict[str, Check | None] = {
     "first_byte_timeout": _timeout,
     "idle_timeout": _timeout,
     "total_timeout": _timeout,
+    "ca_bundle": _nonempty,
 }
 _PROVIDER_REQUIRED = ("name", "format", "base_url")
 
@@ -544,7 +555,7 @@ def _link_local(url: str) -> bool:
 
 
 def _providers(
-    r: _Reader, raw: Any, environ: Mapping[str, str]
+    r: _Reader, raw: Any, environ: Mapping[str, str], base_dir: str | None
 ) -> tuple[list[Provider], list[Provider], dict[str, str]]:
     """Returns (active, skipped, every declared name -> format)."""
     active: list[Provider] = []
@@ -575,6 +586,11 @@ def _providers(
                 # Kept even if the table has other problems: rules naming it
                 # should not add a second, misleading error.
                 declared[name] = vals.get("format", "")
+        if "ca_bundle" in vals:
+            try:
+                vals["ca_bundle"] = expand_path(vals["ca_bundle"], environ, base_dir)
+            except ValueError as exc:
+                r.problem(f"{path}.ca_bundle", str(exc))
         if len(r.problems) > before:
             continue
         provider = Provider(**vals)
@@ -601,11 +617,12 @@ _RULE_KEYS: dict[str, tuple[str, ...]] = {
     "prefix": ("model_prefix", "provider", "rewrite_model", "strip_prefix"),
     "tag": ("tag", "provider", "rewrite_model"),
     "price": ("providers", "max_cost_per_1m_tokens"),
-    "latency": ("providers", "max_latency_ms"),
-    "throughput": ("providers", "min_tokens_per_sec"),
+    "latency": ("providers", "max_latency_ms", "measured"),
+    "throughput": ("providers", "min_tokens_per_sec", "measured"),
     "fallback": ("providers", "quality_bias", "rewrite_model"),
     "discover": ("provider",),
     "random": ("providers", "rewrite_model", "candidates"),
+    "least_busy": ("providers",),
 }
 _RULE_REQUIRED = {"prefix": ("model_prefix", "provider"), "tag": ("tag", "provider"), "discover": ("provider",)}
 _RULE_CHECKS: dict[str, Check | None] = {
@@ -620,6 +637,7 @@ _RULE_CHECKS: dict[str, Check | None] = {
     "max_latency_ms": _float(ge=0),
     "min_tokens_per_sec": _float(ge=0),
     "quality_bias": _float(),
+    "measured": _bool,
     "candidates": None,  # checked by _candidates, which needs the path
 }
 
@@ -800,7 +818,7 @@ def _check_entries(r: _Reader, plugins: dict[str, Entry], declared: Mapping[str,
 
 
 _TOP_SPEC: dict[str, Check | None] = dict.fromkeys(
-    ("server", "logging", "providers", "routers", "classifiers", "plugins")
+    ("server", "logging", "metrics", "providers", "routers", "classifiers", "plugins")
 )
 
 
@@ -809,15 +827,17 @@ def parse(
 ) -> Config:
     """Validate the TOML document `data` into a Config, or raise ConfigError
     listing every problem. `environ` supplies API keys and ${VAR}s in
-    logging.path; `base_dir` anchors a relative logging.path (the config
-    file's directory; None leaves it relative to the working directory)."""
+    logging.path and ca_bundle; `base_dir` anchors a relative logging.path
+    or ca_bundle (the config file's directory; None leaves it relative to the
+    working directory)."""
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: expected a TOML document (a table), got {_kind(data)}"])
     r = _Reader(source)
     top = r.table("", data, _TOP_SPEC) or {}
     server = _server(r, top.get("server", {}), environ)
     log = _logging(r, top.get("logging"), environ, base_dir)
-    active, skipped, declared = _providers(r, top.get("providers"), environ)
+    metrics = MetricsConfig(**(r.table("metrics", top["metrics"], _METRICS_SPEC) or {})) if "metrics" in top else MetricsConfig()
+    active, skipped, declared = _providers(r, top.get("providers"), environ, base_dir)
     routers = _routers(r, top.get("routers"), declared)
     classifiers = _entries(r, "classifiers", top.get("classifiers"), CLASSIFIER_IDS)
     plugins = _entries(r, "plugins", top.get("plugins"), PLUGIN_IDS)
@@ -827,6 +847,7 @@ def parse(
     return Config(
         server=server,
         logging=log,
+        metrics=metrics,
         providers=tuple(active),
         routers=routers,
         classifiers=classifiers,
@@ -897,15 +918,50 @@ def load(path: str | None, *, environ: Mapping[str, str]) -> Config:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}"]) from None
     base_dir = os.path.dirname(os.path.abspath(path))
-    return parse(_read_toml(raw, path), source=path, environ=environ, base_dir=base_dir)
+    data = _read_toml(raw, path)
+    config = parse(data, source=path, environ=environ, base_dir=base_dir)
+    problems = _ca_bundle_problems(config, data["providers"])
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _ca_bundle_problems(config: Config, raw_providers: list) -> list[str]:
+    """Each ca_bundle must be a readable PEM file of certificates: a typo is
+    found at startup, not at the first https request."""
+    by_name = {p.name: p for p in (*config.providers, *config.skipped_providers) if p.ca_bundle}
+    problems = []
+    for i, item in enumerate(raw_providers):
+        provider = by_name.get(item["name"])
+        if provider is None:
+            continue
+        import ssl  # only when a ca_bundle is configured
+
+        where = f"{config.source}: providers[{i}].ca_bundle"
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=provider.ca_bundle)
+        except ssl.SSLError:  # before OSError, of which it is a kind
+            problems.append(f"{where}: {provider.ca_bundle} holds no PEM certificate")
+        except OSError as exc:
+            problems.append(f"{where}: cannot read {provider.ca_bundle}: {exc.strerror or exc}")
+    return problems
 
 
 # ---------------------------------------------------------------------------
 # Describing.
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def server_url(host: str, port: int) -> str:
+    """The URL that reaches a server bound to host:port from this machine: a
+    wildcard bind is reached on 127.0.0.1, an IPv6 literal goes in brackets."""
+    if host in WILDCARD_HOSTS:
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def _rule_line(rule: Rule) -> str:
@@ -922,12 +978,15 @@ def _rule_line(rule: Rule) -> str:
     if rule.type == "price":
         limit = f", max cost {rule.max_cost_per_1m_tokens:g}/1M tokens" if rule.max_cost_per_1m_tokens is not None else ""
         return f"price: cheapest{over}{limit}"
+    live = " (measured live)" if rule.measured else ""
     if rule.type == "latency":
         limit = f", max {rule.max_latency_ms:g} ms" if rule.max_latency_ms is not None else ""
-        return f"latency: fastest to answer{over}{limit}"
+        return f"latency: fastest to answer{live}{over}{limit}"
     if rule.type == "throughput":
         limit = f", min {rule.min_tokens_per_sec:g} tokens/s" if rule.min_tokens_per_sec is not None else ""
-        return f"throughput: most tokens/s{over}{limit}"
+        return f"throughput: most tokens/s{live}{over}{limit}"
+    if rule.type == "least_busy":
+        return f"least_busy: fewest requests in flight{over}"
     if rule.type == "fallback":
         return f"fallback: best quality/cost (quality_bias {rule.quality_bias:g}){over}{model}"
     if rule.candidates:
@@ -946,7 +1005,8 @@ def _key_status(p: Provider, skipped: bool) -> str:
 def describe(config: Config) -> str:
     """A human summary for `llmrouter check`; shows no secret."""
     s = config.server
-    url = f"http://{_url_host(s.host)}:{s.port}"
+    url = server_url(s.host, s.port)
+    bound = f"bound to all interfaces ({s.host or '*'}); " if s.host in WILDCARD_HOSTS else ""
     if s.api_key_env:
         auth = f"clients must present the key from ${s.api_key_env}"
     elif is_loopback(s.host):
@@ -955,9 +1015,10 @@ def describe(config: Config) -> str:
         auth = "reachable from the network WITHOUT a client key: allow_unauthenticated = true"
     lines = [
         f"config: {config.source}",
-        f"listen: {url} ({auth})",
+        f"listen: {url} ({bound}{auth})",
         f"dashboard: {url + '/dashboard' if s.dashboard else 'off'}",
         f"request log: {config.logging.path if config.logging.enabled else 'off'}",
+        f"metrics: {url}/metrics" + (" (with model labels)" if config.metrics.model_label else ""),
         f"providers ({len(config.providers)} active):",
     ]
     rows = [(p, False) for p in config.providers] + [(p, True) for p in config.skipped_providers]
@@ -965,6 +1026,7 @@ def describe(config: Config) -> str:
     url_width = max((len(p.base_url) for p, _ in rows), default=0)
     for p, skipped in rows:
         extra = f"; extra headers: {', '.join(n for n, _ in p.headers)}" if p.headers else ""
+        extra += f"; also trusts the CAs in {p.ca_bundle}" if p.ca_bundle else ""
         lines.append(f"  {p.name:<{width}}  {p.format:<9}  {p.base_url:<{url_width}}  {_key_status(p, skipped)}{extra}")
     lines.append(f"routers ({len(config.routers)}, first match wins):")
     lines += [f"  {i}. {_rule_line(rule)}" for i, rule in enumerate(config.routers, 1)]

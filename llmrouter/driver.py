@@ -52,11 +52,13 @@ class Driver:
         publish: Callable[[dict[str, Any]], None],
         log_record: Callable[[str], None] | None,
         clock_ms: Callable[[], int],
+        observe: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.upstreams = upstreams
         self.publish = publish
         self.log_record = log_record
         self.clock_ms = clock_ms
+        self.observe = observe  # takes each `complete` record after it is published (metrics, measurements)
 
     async def run(self, pipeline: Pipeline, ex: Exchange, writer: ResponseWriter, started: float) -> None:
         """Runs one request to its end. Cancellation (client gone) propagates
@@ -83,6 +85,8 @@ class Driver:
         self.publish(record)
         if self.log_record is not None:
             self.log_record(events.dumps(record))
+        if self.observe is not None:
+            self.observe(record)
 
 
 async def _read_error_body(stream: UpstreamStream) -> bytes:

@@ -62,6 +62,11 @@ def breaker(ts_ms: int, provider: str, state: str, failures: int, cooldown_s: fl
     }
 
 
+def measured(ts_ms: int, provider: str, figures: dict[str, Any]) -> dict[str, Any]:
+    """A provider's live measurements changed (llmrouter/measure.py); not tied to one request."""
+    return {"type": "measured", "v": SCHEMA_VERSION, "ts_ms": ts_ms, "provider": provider, **figures}
+
+
 @dataclass
 class Attempt:
     provider: str
@@ -70,6 +75,7 @@ class Attempt:
     status: int | None = None
     duration_ms: int = 0
     error: str | None = None
+    first_token_ms: int | None = None  # streams: from sending the request to the first chunk
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +84,7 @@ class Attempt:
             "outcome": self.outcome,
             "status": self.status,
             "duration_ms": self.duration_ms,
+            "first_token_ms": self.first_token_ms,
             "error": self.error,
         }
 
@@ -90,6 +97,7 @@ class Record:
     request_id: str
     client_format: str
     kind: str = "chat"  # chat | completion | embedding
+    endpoint: str = ""  # the path the request came to, e.g. "/v1/embeddings"
     requested_model: str = ""
     sent_model: str = ""
     provider: str | None = None
@@ -116,6 +124,7 @@ class Record:
             "request_id": self.request_id,
             "client_format": self.client_format,
             "kind": self.kind,
+            "endpoint": self.endpoint,
             "provider": self.provider,
             "requested_model": self.requested_model,
             "sent_model": self.sent_model or self.requested_model,
@@ -160,6 +169,7 @@ REQUIRED = {
     "routed": {"id": int, "ts_ms": int, "provider": str, "model": str},
     "complete": {"id": int, "ts_ms": int, "requested_model": str, "sent_model": str, "duration_ms": int, "tags": list, "plugins": list, "messages": list},
     "dropped": {"count": int},
+    "measured": {"ts_ms": int, "provider": str, "samples": int, "in_flight": int},
 }
 
 

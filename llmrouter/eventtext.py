@@ -113,3 +113,19 @@ def attempts_text(event: dict[str, Any]) -> str | None:
         mark = "ok" if a.get("outcome") == "ok" else f"failed {a.get('status') or clean(a.get('error') or '')}".rstrip()
         steps.append(f"{a.get('provider')}/{a.get('model')} {mark} ({a.get('duration_ms', 0)}ms)")
     return " → ".join(steps)
+
+
+def measured_text(event: dict[str, Any]) -> str:
+    """A `measured` event's live figures, in one line (watch --stats, tui)."""
+
+    def figure(key: str, unit: str) -> str:
+        value = event.get(key)
+        return f"{value:.0f}{unit}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+
+    rate = event.get("error_rate")
+    errors = f"{rate * 100:.0f}%" if isinstance(rate, (int, float)) and not isinstance(rate, bool) else "–"
+    return f"{_count(event.get('in_flight'))} in flight · ttft {figure('ttft_ms', 'ms')} · {figure('tokens_per_sec', ' tok/s')} · {errors} err · {_count(event.get('samples'))} samples"
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -35,6 +35,7 @@ from llmrouter.commands import (
     UpstreamHead,
 )
 from llmrouter.config import Config
+from llmrouter.measure import Measurements
 from llmrouter.redact import Redactor
 from llmrouter.formats import (
     anthropic, ollama, ollama_embed, ollama_generate, openai, openai_completions, openai_embeddings, responses,
@@ -89,6 +90,7 @@ class Context:
     monotonic: Callable[[], float] = lambda: 0.0
     in_flight: int = 0
     breakers: breaker.Breakers = field(default_factory=breaker.Breakers)
+    measurements: Measurements = field(default_factory=Measurements)  # live figures the rules rank by
     # Removes configured keys from upstream error text (built from the config when not given).
     redact: Callable[[str], str] | None = None
 
@@ -114,6 +116,7 @@ class Exchange:
     collector: canonical.ResponseCollector | None = None  # what a stream carried so far
     raw_reply: bytes | None = None  # an upstream body forwarded unchanged
     refusal: errors.RouterError | None = None  # refused before routing (access rules, method)
+    first_chunk_at: float | None = None  # ctx.monotonic() at the current attempt's first stream chunk
 
 
 def handle(ctx: Context, ex: Exchange) -> Pipeline:
@@ -217,7 +220,7 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
     skipped: list[str] = []  # providers whose circuit is open
     unable: dict[str, str] = {}  # provider -> its format, which has no API for this kind: never sent one
     last_error: errors.UpstreamError | None = None
-    for decision in router.decisions(req, ctx.config, ctx.discovered, ctx.rng):
+    for decision in router.decisions(req, ctx.config, ctx.discovered, ctx.rng, ctx.measurements):
         name = decision.provider.name
         if name in tried or name in skipped or name in unable:
             continue
@@ -237,6 +240,7 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
         attempt = events.Attempt(name, decision.model)
         rec.attempts.append(attempt)
         started = ctx.monotonic()
+        ctx.measurements.started(name, decision.model)
         try:
             yield from _call(ctx, ex, client, req, state, decision)
         except errors.UpstreamError as err:
@@ -250,8 +254,11 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
             continue
         finally:
             ctx.breakers.abandon(name)  # ended without an outcome (client gone): free a probe slot
+            ctx.measurements.ended(name, decision.model)
         attempt.outcome, attempt.status = "ok", 200
         attempt.duration_ms = round((ctx.monotonic() - started) * 1000)
+        if req.stream and ex.first_chunk_at is not None:
+            attempt.first_token_ms = round((ex.first_chunk_at - started) * 1000)
         yield from _breaker_outcome(ctx, name, 200)
         return
     if last_error is not None:
@@ -333,11 +340,14 @@ def _relay_stream(
     decoder = upstream.Decoder(req)
     collector = ex.collector = canonical.ResponseCollector(decision.model)
     started = ctx.monotonic()
+    ex.first_chunk_at = None
     while True:
         # Before its head, nothing can go to the client, keep-alives included.
         chunk = yield ReadUpstream(PING_AFTER, encoder.ping() if ex.response_started else b"")
+        if ex.first_chunk_at is None:
+            ex.first_chunk_at = ctx.monotonic()
         if rec.first_byte_ms is None:
-            rec.first_byte_ms = round((ctx.monotonic() - started) * 1000)
+            rec.first_byte_ms = round((ex.first_chunk_at - started) * 1000)
         frames = decoder.feed(chunk) if chunk else decoder.close()
         out: list[bytes] = []
         failure: canonical.StreamError | None = None

@@ -32,6 +32,10 @@ log = logging.getLogger("llmrouter.server")
 
 LISTEN_BACKLOG = 1024  # also how many connections asyncio accepts per wakeup
 SERVER_HEADER = ("server", "llmrouter")
+# A parsed head's size on the wire: h11 hands over method, target and header
+# fields without the separators, which these add back.
+REQUEST_LINE_EXTRA = len(b"  HTTP/1.1\r\n")  # two spaces, the version, CRLF
+HEADER_LINE_EXTRA = len(b": \r\n")  # colon, space, CRLF
 
 
 @dataclass
@@ -235,11 +239,11 @@ class Connection:
                 return None
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
-            # h11 sizes a head only while it is incomplete; a complete one that
-            # is too big gets 431 whatever else is wrong with it, as it would
-            # have had it arrived in pieces.
+            # h11 sizes a head only while it is incomplete (and hints 431 then);
+            # a complete one that is too big gets 431 whatever else is wrong
+            # with it, as it would have had it arrived in pieces.
             head = self.fed - fed_before_head - len(self.h11.trailing_data[0])
-            if status == 431 or "too long" in str(exc).lower() or (not self.in_body and head > limits.max_header_bytes):
+            if not self.in_body and head > limits.max_header_bytes:
                 status = 431
             await self.refuse(ProtocolFailure(status, f"malformed HTTP request: {exc}"))
             return None
@@ -251,10 +255,10 @@ class Connection:
         target = event.target.decode("latin-1")
         path, _, query = target.partition("?")
         headers: dict[str, str] = {}
-        size = len(event.target) + len(event.method) + 12
+        size = len(event.method) + len(event.target) + REQUEST_LINE_EXTRA
         for name, value in event.headers:
             key = name.decode("latin-1")
-            size += len(name) + len(value) + 4
+            size += len(name) + len(value) + HEADER_LINE_EXTRA
             text = value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         if size > limits.max_header_bytes:

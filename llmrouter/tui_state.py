@@ -17,7 +17,9 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmrouter.eventtext import clean, clock_text, error_text, is_error, kind_text, model_text, prompt_of, reply_text, tokens_of
+from llmrouter.eventtext import (
+    clean, clock_text, error_text, is_error, kind_text, measured_text, model_text, prompt_of, reply_text, tokens_of,
+)
 
 DEFAULT_MODEL = "llama3.1:8b"
 MAX_ENTRIES = 200
@@ -104,6 +106,7 @@ class State:
     scroll: int = 0
     total: Bucket = field(default_factory=Bucket)
     providers: dict[str, Bucket] = field(default_factory=dict)
+    live: dict[str, dict[str, Any]] = field(default_factory=dict)  # provider -> its latest `measured` event
     tags: dict[str, Bucket] = field(default_factory=dict)
     prices: dict[str, float | None] = field(default_factory=dict)
     last_route: dict[str, Any] | None = None  # the latest `complete`, from any client
@@ -137,6 +140,8 @@ def reduce(state: State, event: dict[str, Any]) -> State:
         _complete(state, event)
     elif kind == "dropped":
         state.dropped += _int(event.get("count"))
+    elif kind == "measured":
+        state.live[clean(event.get("provider"))] = event
     elif kind == "feed":
         _feed(state, event)
     elif kind == "prices":
@@ -455,7 +460,9 @@ def _stats_pane(cv: Canvas, s: State, y: int, x: int, h: int, w: int, now_ms: in
     ]
     if s.pending:
         lines.append([(f"{len(s.pending)} in flight", "cyan")])
-    for heading, buckets, fmt in (("providers", s.providers, "{}"), ("tags", s.tags, "[{}]")):
+    # A provider that only failed (another answered) shows up through its measurements.
+    providers = {**{name: Bucket() for name in s.live}, **s.providers}
+    for heading, buckets, fmt in (("providers", providers, "{}"), ("tags", s.tags, "[{}]")):
         if not buckets:
             continue
         lines += [[], [(heading, "bold")]]
@@ -465,6 +472,8 @@ def _stats_pane(cv: Canvas, s: State, y: int, x: int, h: int, w: int, now_ms: in
                 row.append(("  last ok " + _ago(now_ms, b.last_ok_ms), "red" if b.last_ok_ms is None else "dim"))
             lines.append(row)
             lines.append([(f"   {b.errors} err", "red" if b.errors else "dim"), (f" · {b.avg_ms}ms · {_tokens(b.tokens_in + b.tokens_out)} tok · {_cost(b, s.prices)}", "dim")])
+            if heading == "providers" and name in s.live:
+                lines.append([("   now: " + measured_text(s.live[name]), "dim")])
     for i, line in enumerate(lines[: h - 2]):
         cv.runs([(" ", "")] + line, y + 1 + i, x + 1, w - 3)
 

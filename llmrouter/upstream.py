@@ -13,8 +13,9 @@ docs/performance.md. httpcore's own connection classes do the HTTP/1.1 work
 only keeps idle connections in a stack and counts in-flight requests against
 `max_connections`. Plain-HTTP upstreams get an `AsyncHTTP11Connection` over a
 wire (`wire.py`) in a wrapper of ours (`_Socket`); HTTPS upstreams get an
-`AsyncHTTPConnection`, which does the TLS handshake with httpcore's default
-context, over the same wrapper.
+`AsyncHTTPConnection`, which does the TLS handshake over the same wrapper
+with one context per provider (`tls_context`: the trust of httpcore's default
+context plus the provider's `ca_bundle`).
 
 Pool rules:
 - an idle connection is reused only if httpcore says it is idle and not
@@ -205,6 +206,20 @@ class _TLSBackend(httpcore.AsyncNetworkBackend):
         await anyio.sleep(seconds)
 
 
+def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """The trust httpcore's default context has (the system's CAs plus
+    certifi's, see docs/install.md), plus the CAs in `ca_bundle`: a corporate
+    proxy that re-signs TLS, or an on-prem upstream with a private CA."""
+    import certifi  # httpcore's own dependency
+
+    context = ssl.create_default_context()
+    # cadata, not certifi.where(): from a zipapp, where() extracts a temporary file.
+    context.load_verify_locations(cadata=certifi.contents())
+    if ca_bundle is not None:
+        context.load_verify_locations(cafile=ca_bundle)
+    return context
+
+
 class _Unshared:
     """Stands in for an AsyncHTTP11Connection's internal state lock. That lock
     guards a connection against concurrent requests, which this pool already
@@ -263,6 +278,8 @@ class _Pool:
         self.host_header = host if url.port is None else b"%b:%d" % (host, url.port)
         self.size = provider.max_connections
         self.connect_timeout = provider.connect_timeout
+        self.ca_bundle = provider.ca_bundle
+        self._ssl_context: ssl.SSLContext | None = None  # made at the first TLS connection
         self.idle: list[_Conn] = []
         self.open = 0  # connections open now (idle or busy)
         self.opened = 0  # connections ever opened
@@ -313,9 +330,15 @@ class _Pool:
         self.open += 1
         try:
             if self.tls:
+                if self._ssl_context is None:
+                    try:
+                        self._ssl_context = tls_context(self.ca_bundle)
+                    except OSError as exc:  # ca_bundle removed or broken since startup (ssl.SSLError is an OSError)
+                        raise httpcore.ConnectError(f"cannot load ca_bundle {self.ca_bundle}: {exc}") from exc
                 backend = _TLSBackend()
                 http = httpcore.AsyncHTTPConnection(
-                    self.origin, keepalive_expiry=KEEPALIVE_EXPIRY, http1=True, http2=False, retries=0, network_backend=backend
+                    self.origin, ssl_context=self._ssl_context, keepalive_expiry=KEEPALIVE_EXPIRY,
+                    http1=True, http2=False, retries=0, network_backend=backend,
                 )
                 conn = _Conn(http, backend=backend)  # connects (and handshakes) on its first request
             else:

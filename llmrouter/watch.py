@@ -24,6 +24,7 @@ from llmrouter.eventtext import (
     error_text,
     is_error,
     kind_text,
+    measured_text,
     model_text,
     prompt_of,
     reply_text,
@@ -52,8 +53,9 @@ CYAN, BLUE, YELLOW, MAGENTA, RED, GREEN = "\x1b[36m", "\x1b[94m", "\x1b[33m", "\
 WATCH_CLIP = 120
 
 
-def format_event(event: dict[str, Any], color: bool = False) -> str | None:
-    """The text watch prints for one event (no trailing newline), or None."""
+def format_event(event: dict[str, Any], color: bool = False, stats: bool = False) -> str | None:
+    """The text watch prints for one event (no trailing newline), or None.
+    `measured` events are printed only with `stats` (watch --stats)."""
 
     def c(code: str, text: str) -> str:
         return f"{code}{text}{RESET}" if color else text
@@ -76,6 +78,10 @@ def format_event(event: dict[str, Any], color: bool = False) -> str | None:
         return c(DIM if attempt <= 1 else YELLOW, label) + c(BLUE, text(event.get("provider"))) + c(DIM, "/") + c(BLUE, text(event.get("model")))
     if kind == "dropped":
         return c(YELLOW, f"  ! {event.get('count', '?')} events dropped: this watcher fell behind the router")
+    if kind == "measured":
+        if not stats:
+            return None
+        return c(DIM, f"{local_time(event.get('ts_ms'))}  ≈  ") + c(CYAN, text(event.get("provider"))) + c(DIM, "  " + measured_text(event))
     if kind != "complete":
         return None  # a newer router's event type: ignore it
 
@@ -137,7 +143,10 @@ def auth_headers() -> list[tuple[bytes, bytes]]:
 
 def describe(exc: BaseException) -> str:
     text = str(exc).strip()
-    if isinstance(exc, httpcore.ConnectError) and ("refused" in text.lower() or "111" in text):
+    # httpcore wraps the OSError: it is the ConnectError's argument and context.
+    if isinstance(exc, httpcore.ConnectError) and any(
+        isinstance(cause, ConnectionRefusedError) for cause in (*exc.args, exc.__cause__, exc.__context__)
+    ):
         return "connection refused"
     if isinstance(exc, httpcore.TimeoutException):
         return f"timed out ({text})" if text else "timed out"
@@ -217,7 +226,7 @@ def parse_frame(data: str) -> dict[str, Any] | None:
 # --- the command -----------------------------------------------------------------------
 
 
-def run(base_url: str, color: bool, raw_json: bool, out=None, err=None) -> int:
+def run(base_url: str, color: bool, raw_json: bool, out=None, err=None, stats: bool = False) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
 
@@ -246,7 +255,7 @@ def run(base_url: str, color: bool, raw_json: bool, out=None, err=None) -> int:
             if raw_json:
                 print(json.dumps(event, ensure_ascii=False, separators=(",", ":")), file=out, flush=True)
                 continue
-            text = format_event(event, color)
+            text = format_event(event, color, stats)
             if text is not None:
                 print(text, file=out, flush=True)
     except FeedRefused as exc:

@@ -40,7 +40,7 @@ def fake_config(url: str, extra: str = "") -> str:
 
 def test_version_and_help_for_every_command():
     assert run_cli("--version").stdout.startswith("llmrouter ")
-    for command in ([], ["serve"], ["check"]):
+    for command in ([], ["serve"], ["check"], ["init"]):
         result = run_cli(*command, "--help")
         assert result.returncode == 0 and "usage: llmrouter" in result.stdout
 
@@ -150,7 +150,7 @@ def test_wheel_holds_only_the_package(wheel):
     tops = {n.split("/")[0] for n in names}
     assert tops == {"llmrouter", next(t for t in tops if t.endswith(".dist-info"))}
     assert not any(n.endswith(".pth") for n in names)
-    assert "llmrouter/default_config.toml" in names
+    assert "llmrouter/default_config.toml" in names and "llmrouter/config.example.toml" in names  # init needs it
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     requires = sorted(line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line)
     assert [re.split(r"[ <>=;]", r)[0] for r in requires] == ["anyio", "h11", "httpcore", "tomli"]

@@ -537,6 +537,15 @@ def test_secrets_never_appear_in_errors_describe_or_repr():
         assert_no_canary("\n".join(problems))
 
 
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [("127.0.0.1", "http://127.0.0.1:8090"), ("0.0.0.0", "http://127.0.0.1:8090"), ("::", "http://127.0.0.1:8090"),
+     ("::1", "http://[::1]:8090"), ("[::1]", "http://[::1]:8090"), ("router.lan", "http://router.lan:8090")],
+)
+def test_server_url_is_one_a_local_client_can_open(host, url):
+    assert config.server_url(host, 8090) == url
+
+
 def test_describe_lists_everything():
     cfg = parse_text(FULL, {})
     out = config.describe(cfg)
@@ -636,3 +645,39 @@ def test_importing_config_stays_light():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- ca_bundle: extra trusted CAs for https upstreams ------------------------------------
+
+HTTPS = '[[providers]]\nname = "cloud"\nformat = "openai"\nbase_url = "https://api.example.com/v1"\n'
+
+
+def test_ca_bundle_is_resolved_against_the_config_directory_and_checked(tmp_path):
+    import certifi  # a real PEM bundle to point at
+
+    sub = tmp_path / "etc"
+    sub.mkdir()
+    (sub / "corp.pem").write_bytes(Path(certifi.where()).read_bytes())
+    file = sub / "router.toml"
+    file.write_text(HTTPS + 'ca_bundle = "corp.pem"\n' + LOCAL)
+    cfg = config.load(str(file), environ={})
+    assert cfg.provider("cloud").ca_bundle == str(sub / "corp.pem")
+    assert cfg.provider("local").ca_bundle is None
+    assert f"also trusts the CAs in {sub / 'corp.pem'}" in config.describe(cfg)
+    file.write_text(HTTPS + 'ca_bundle = "${CORP_CA}"\n' + LOCAL)
+    assert config.load(str(file), environ={"CORP_CA": str(sub / "corp.pem")}).provider("cloud").ca_bundle == str(sub / "corp.pem")
+
+
+def test_ca_bundle_that_is_missing_or_not_pem_stops_startup_naming_file_and_key(tmp_path):
+    file = tmp_path / "router.toml"
+    (tmp_path / "notes.txt").write_text("not a certificate\n")
+    strict_unset = 'api_key_env = "UNSET_KEY"\nstrict = true\n'  # checked even while skipped
+    file.write_text(LOCAL + HTTPS + 'ca_bundle = "missing.pem"\n' + HTTPS.replace("cloud", "other") + strict_unset + 'ca_bundle = "notes.txt"\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(str(file), environ={})
+    assert info.value.problems == [
+        f"{file}: providers[1].ca_bundle: cannot read {tmp_path / 'missing.pem'}: No such file or directory",
+        f"{file}: providers[2].ca_bundle: {tmp_path / 'notes.txt'} holds no PEM certificate",
+    ]
+    assert problems_of(HTTPS + 'ca_bundle = ""\n') == ["config.toml: providers[0].ca_bundle: must not be empty"]
+    assert problems_of(HTTPS + 'ca_bundle = "${NOPE}"\n')[0].startswith("config.toml: providers[0].ca_bundle: ${NOPE} is not set")

@@ -452,3 +452,15 @@ def test_stream_end_clears_stale_in_flight_cards_and_reconnects(browser, scripte
     assert browser.js("document.querySelectorAll('#inflight .card').length") == 0
     scripted.send(complete(6, "local", (1, 1)))
     browser.wait_for("document.querySelectorAll('#done .card').length === 1")
+
+
+def test_provider_table_shows_live_measurements(browser, scripted):
+    browser.open(scripted.url + "/dashboard")
+    browser.wait_for("document.getElementById('status').textContent === 'live'")
+    scripted.send(complete(1, "paid", (10, 20)))
+    measured = {"type": "measured", "v": 1, "ts_ms": 1_700_000_000_000, "samples": 3, "in_flight": 2, "ttft_ms": 412.4, "duration_ms": 900.0, "tokens_per_sec": 55.6, "error_rate": 0.25}
+    scripted.send({**measured, "provider": "paid"})
+    scripted.send({**measured, "provider": "spare", "in_flight": 0, "ttft_ms": None, "tokens_per_sec": None, "error_rate": 1.0})
+    browser.wait_for("document.querySelectorAll('#providers tbody tr').length === 2")
+    rows = browser.js("Object.fromEntries([...document.querySelectorAll('#providers tbody tr')].map(r => [r.dataset.provider, [...r.cells].slice(7).map(c => c.textContent)]))")
+    assert rows == {"paid": ["2", "412 ms", "56", "25%"], "spare": ["0", "–", "–", "100%"]}

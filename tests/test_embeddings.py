@@ -217,3 +217,22 @@ def test_wrong_method_or_content_type_is_refused_in_the_callers_shape(router, fa
     assert reply.status == status and isinstance(error, str if path.startswith("/api/") else dict)
     (record,) = router.wait_records(1)
     assert (record["kind"], record["status"]) == ("embedding", status) and posted(fake) == []
+
+
+def test_metrics_count_embeddings_and_completions_by_endpoint(router, fake):
+    from test_metrics import samples, scrape, value
+
+    sdk(router).embeddings.create(model="o/emb", input=TEXTS)
+    ollama.Client(host=router.url).embeddings(model="l/emb", prompt="jumps")
+    sdk(router).completions.create(model="l/coder", prompt="x y")
+    with pytest.raises(openai.BadRequestError):
+        sdk(router).embeddings.create(model="a/emb", input="x")
+    records = router.wait_records(4)
+    assert [r["endpoint"] for r in records] == ["/v1/embeddings", "/api/embeddings", "/v1/completions", "/v1/embeddings"]
+    parsed = samples(scrape(router).content.decode())
+    requests = "llmrouter_requests_total"
+    assert value(parsed, requests, provider="oai", endpoint="/v1/embeddings", outcome="ok") == 1
+    assert value(parsed, requests, provider="olla", endpoint="/api/embeddings", outcome="ok") == 1
+    assert value(parsed, requests, provider="olla", endpoint="/v1/completions", outcome="ok") == 1
+    assert value(parsed, requests, provider="", endpoint="/v1/embeddings", outcome="no_route") == 1
+    assert value(parsed, "llmrouter_tokens_total", provider="oai", direction="in") == 5  # the embedding's prompt tokens

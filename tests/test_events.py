@@ -141,7 +141,7 @@ def test_feed_streams_typed_events(fake):
                     for chunk in response.iter_stream():
                         got.append(chunk)
                         ready.set()
-                        if b"event: complete" in b"".join(got):
+                        if b"event: measured" in b"".join(got):
                             return
 
         thread = threading.Thread(target=listen, daemon=True)
@@ -151,7 +151,7 @@ def test_feed_streams_typed_events(fake):
         thread.join(5)
         text = b"".join(got).decode()
         frames = [f for f in text.split("\n\n") if f.startswith("event:")]
-        assert [f.split("\n")[0] for f in frames] == ["event: start", "event: classified", "event: routed", "event: complete"]
+        assert [f.split("\n")[0] for f in frames] == ["event: start", "event: classified", "event: routed", "event: complete", "event: measured"]
         for frame in frames:
             name = frame.split("\n")[0].split(": ")[1]
             assert json.loads(frame.split("\n")[1][len("data: "):])["type"] == name

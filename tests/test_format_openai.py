@@ -152,8 +152,8 @@ def test_bad_requests_name_the_field(body: object, param: str | None) -> None:
         fmt.parse_request(body)
     assert info.value.param == param
     assert info.value.status == 400
-    if param:
-        assert param in info.value.message
+    if param:  # one message style for every client format (formats/validate.py)
+        assert info.value.message.startswith(f"{param} must be ") or info.value.message == f"{param} is required"
 
 
 JSON = st.recursive(

@@ -481,3 +481,15 @@ def test_completions_and_embeddings_show_their_kind():
                        response={"model": "e", "count": 2, "dimensions": 384, "usage": {"input_tokens": 5, "output_tokens": 0}}))
     text = screen(s)
     assert "03:58:20  ollama  llama3  embedding ×2  100ms" in text and "  reply: 2 vectors × 384 dimensions" in text
+
+
+def test_stats_show_each_providers_live_measurements():
+    s = State()
+    reduce(s, complete(1, "paid"))
+    measured = {"type": "measured", "v": 1, "ts_ms": TS, "samples": 4, "in_flight": 2, "ttft_ms": 412.4, "duration_ms": 900.0, "tokens_per_sec": 55.6, "error_rate": 0.25}
+    reduce(s, {**measured, "provider": "paid"})
+    reduce(s, {**measured, "provider": "down", "in_flight": 0, "ttft_ms": None, "tokens_per_sec": None, "error_rate": 1.0, "samples": 0})
+    text = screen(s, width=200)
+    assert "   now: 2 in flight · ttft 412ms · 56 tok/s · 25% err · 4 samples" in text
+    # A provider that never answered still shows how it is doing.
+    assert " down  0 (0%)" in text and "   now: 0 in flight · ttft – · – · 100% err · 0 samples" in text

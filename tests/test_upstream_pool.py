@@ -510,31 +510,28 @@ async def test_https_upstreams_speak_tls_and_verify_the_certificate(self_signed)
         tg.cancel_scope.cancel()
 
 
-async def trusted_tls_provider(tg: anyio.abc.TaskGroup, server: ScriptedServer, self_signed, monkeypatch) -> Provider:  # type: ignore[no-untyped-def]
-    """Serves `server` over TLS with the test certificate, which httpcore is
-    made to trust; returns a provider pointing at it."""
+async def trusted_tls_provider(tg: anyio.abc.TaskGroup, server: ScriptedServer, self_signed) -> Provider:  # type: ignore[no-untyped-def]
+    """Serves `server` over TLS with the test certificate; returns a provider
+    pointing at it that trusts the certificate (its ca_bundle)."""
     import ssl
 
-    import httpcore._async.connection as httpcore_connection
     from anyio.streams.tls import TLSListener
 
     cert, key = self_signed
-    trusting = ssl.create_default_context(cafile=str(cert))
-    monkeypatch.setattr(httpcore_connection, "default_ssl_context", lambda: trusting)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
     tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = tcp.extra(SocketAttribute.local_port)
     tg.start_soon(TLSListener(tcp, server_context, standard_compatible=False).serve, server.connection)
-    return Provider(name="tls", format="openai", base_url=f"https://127.0.0.1:{port}/v1")
+    return Provider(name="tls", format="openai", base_url=f"https://127.0.0.1:{port}/v1", ca_bundle=str(cert))
 
 
-async def test_https_round_trip_reuses_the_tls_connection(self_signed, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_https_round_trip_reuses_the_tls_connection(self_signed) -> None:  # type: ignore[no-untyped-def]
     """With the test certificate trusted, requests go through TLS and the
     second one reuses the first one's connection."""
     server = ScriptedServer()
     async with anyio.create_task_group() as tg:
-        prov = await trusted_tls_provider(tg, server, self_signed, monkeypatch)
+        prov = await trusted_tls_provider(tg, server, self_signed)
         upstreams = Upstreams((prov,))
         assert await fetch(upstreams, prov) == OK_BODY
         assert await fetch(upstreams, prov) == OK_BODY
@@ -545,7 +542,7 @@ async def test_https_round_trip_reuses_the_tls_connection(self_signed, monkeypat
         tg.cancel_scope.cancel()
 
 
-async def test_tls_upstream_closing_its_connection_is_quiet(self_signed, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_tls_upstream_closing_its_connection_is_quiet(self_signed, caplog) -> None:  # type: ignore[no-untyped-def]
     """A TLS upstream that closes after its answer: the pooled connection is
     dropped and asyncio has nothing to warn about (TLS cannot stay half-open,
     so the wire does not ask for it there)."""
@@ -556,7 +553,7 @@ async def test_tls_upstream_closing_its_connection_is_quiet(self_signed, monkeyp
 
     server = ScriptedServer(answer_then_close)
     async with anyio.create_task_group() as tg:
-        prov = await trusted_tls_provider(tg, server, self_signed, monkeypatch)
+        prov = await trusted_tls_provider(tg, server, self_signed)
         upstreams = Upstreams((prov,))
         assert await fetch(upstreams, prov) == OK_BODY
         with anyio.fail_after(5):
@@ -568,3 +565,33 @@ async def test_tls_upstream_closing_its_connection_is_quiet(self_signed, monkeyp
         await upstreams.aclose()
         tg.cancel_scope.cancel()
     assert not [r for r in caplog.records if "eof_received" in r.getMessage()], caplog.text
+
+
+async def test_ca_bundle_trusts_a_private_ca(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An upstream whose certificate a private CA signed (a corporate proxy
+    that re-signs TLS): refused as it stands, answered once the provider's
+    ca_bundle names the CA. The default trust stays: one context per provider."""
+    from anyio.streams.tls import TLSListener
+    from tlscerts import make_test_ca
+
+    ca = make_test_ca(tmp_path)
+    server = ScriptedServer()
+    async with anyio.create_task_group() as tg:
+        tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = tcp.extra(SocketAttribute.local_port)
+        tg.start_soon(TLSListener(tcp, ca.server_context(), standard_compatible=False).serve, server.connection)
+        plain = Provider(name="plain", format="openai", base_url=f"https://127.0.0.1:{port}/v1")
+        private = Provider(name="private", format="openai", base_url=plain.base_url, ca_bundle=str(ca.ca))
+        upstreams = Upstreams((plain, private))
+        with pytest.raises(errors.UpstreamConnectError) as caught:
+            await upstreams.open(plain, CALL)
+        assert "certificate verify failed" in str(caught.value)
+        assert await fetch(upstreams, private) == OK_BODY
+        assert [body for _, body in server.requests] == [CALL.body]
+        # A bundle that went away after startup fails the provider (so it can fall back), not the router.
+        ca.ca.unlink()
+        gone = Provider(name="gone", format="openai", base_url=plain.base_url, ca_bundle=str(ca.ca))
+        with pytest.raises(errors.UpstreamConnectError, match="cannot load ca_bundle"):
+            await upstreams.open(gone, CALL)
+        await upstreams.aclose()
+        tg.cancel_scope.cancel()

@@ -20,6 +20,7 @@ from llmrouter import errors, sse
 from llmrouter.config import Provider
 from llmrouter.formats import Frame, UpstreamCall, forwardable_body, passthrough
 from llmrouter.formats import dumps as _dumps  # compact; lone surrogates stay escaped
+from llmrouter.formats.validate import bad, body_object, object_at, parse_plugins, take
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -64,78 +65,48 @@ def error_type(status: int) -> str:
 # --- client side: parsing -------------------------------------------------------
 
 
-def _bad(message: str, param: str) -> errors.BadRequest:
-    return errors.BadRequest(f"{param}: {message}", param=param)
-
-
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _string(obj: dict, key: str, param: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str):
-        raise _bad("must be a string", f"{param}.{key}")
-    return value
-
-
-def _optional(body: dict, key: str, check, what: str) -> Any:
-    value = body.get(key)
-    if value is not None and not check(value):
-        raise _bad(f"must be {what}", key)
-    return value
-
-
 def _image(block: dict, param: str) -> c.Image | None:
     """An image block as a canonical Image, or None for sources we cannot express."""
-    source = block.get("source")
-    if not isinstance(source, dict):
-        raise _bad("must be an object", f"{param}.source")
+    source = take(block, "source", "object", param, required=True)
+    at = f"{param}.source"
     kind = source.get("type")
     if kind == "base64":
-        media_type = _string(source, "media_type", f"{param}.source")
-        return c.Image(media_type=media_type, data=_string(source, "data", f"{param}.source"))
+        media_type = take(source, "media_type", "string", at, required=True)
+        return c.Image(media_type=media_type, data=take(source, "data", "string", at, required=True))
     if kind == "url":
-        return c.Image(url=_string(source, "url", f"{param}.source"))
+        return c.Image(url=take(source, "url", "string", at, required=True))
     return None  # file ids and future source kinds stay opaque
 
 
 def _block_type(block: object, param: str) -> str:
-    if not isinstance(block, dict):
-        raise _bad("must be an object", param)
-    kind = block.get("type")
-    if not isinstance(kind, str):
-        raise _bad("must be a string", f"{param}.type")
-    return kind
+    return take(object_at(block, param), "type", "string", param, required=True)
 
 
 def _tool_result(block: dict, param: str) -> c.ToolResult:
-    tool_use_id = _string(block, "tool_use_id", param)
-    is_error = block.get("is_error")
-    if is_error is not None and not isinstance(is_error, bool):
-        raise _bad("must be a boolean", f"{param}.is_error")
+    tool_use_id = take(block, "tool_use_id", "string", param, required=True)
+    is_error = take(block, "is_error", "boolean", param)
     content = block.get("content")
     parts: list[c.Text | c.Image] = []
     if isinstance(content, str):
         parts.append(c.Text(content))
     elif isinstance(content, list):
         for j, inner in enumerate(content):
-            where = f"{param}.content[{j}]"
-            kind = _block_type(inner, where)
+            at = f"{param}.content[{j}]"
+            kind = _block_type(inner, at)
             if kind == "text":
-                parts.append(c.Text(_string(inner, "text", where)))
+                parts.append(c.Text(take(inner, "text", "string", at, required=True)))
             elif kind == "image":
-                image = _image(inner, where)
+                image = _image(inner, at)
                 if image is not None:
                     parts.append(image)
             # other blocks (search results, documents) cannot be carried in a
             # canonical tool result; same-format passthrough keeps them.
     elif content is not None:
-        raise _bad("must be a string or an array of content blocks", f"{param}.content")
+        raise bad(f"{param}.content", "a string or an array of content blocks")
     return c.ToolResult(tool_use_id, parts, bool(is_error))
 
 
@@ -143,14 +114,15 @@ def _block(block: object, param: str) -> c.Part:
     kind = _block_type(block, param)
     assert isinstance(block, dict)
     if kind == "text":
-        return c.Text(_string(block, "text", param))
+        return c.Text(take(block, "text", "string", param, required=True))
     if kind == "image":
         return _image(block, param) or c.Opaque("anthropic", block)
     if kind == "tool_use":
-        call_id, name = _string(block, "id", param), _string(block, "name", param)
+        call_id = take(block, "id", "string", param, required=True)
+        name = take(block, "name", "string", param, required=True)
         arguments = block.get("input", {})
         if not isinstance(arguments, dict):
-            raise _bad("must be an object", f"{param}.input")
+            raise bad(f"{param}.input", "an object")
         return c.ToolCall(call_id, name, _dumps(arguments))
     if kind == "tool_result":
         return _tool_result(block, param)
@@ -163,7 +135,7 @@ def _content(value: object, param: str) -> list[c.Part]:
         return [c.Text(value)]
     if isinstance(value, list):
         return [_block(block, f"{param}[{j}]") for j, block in enumerate(value)]
-    raise _bad("must be a string or an array of content blocks", param)
+    raise bad(param, "a string or an array of content blocks")
 
 
 def _system(value: object) -> list[str]:
@@ -172,63 +144,48 @@ def _system(value: object) -> list[str]:
     if isinstance(value, str):
         return [value]
     if not isinstance(value, list):
-        raise _bad("must be a string or an array of text blocks", "system")
+        raise bad("system", "a string or an array of text blocks")
     texts = []
     for j, block in enumerate(value):
         if _block_type(block, f"system[{j}]") == "text":
-            texts.append(_string(block, "text", f"system[{j}]"))
+            texts.append(take(block, "text", "string", f"system[{j}]", required=True))
     return texts
 
 
-def _tools(value: object, extras: dict[str, Any]) -> list[c.Tool]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _bad("must be an array", "tools")
+def _tools(value: list[Any] | None, extras: dict[str, Any]) -> list[c.Tool]:
     tools: list[c.Tool] = []
-    for j, tool in enumerate(value):
+    for j, item in enumerate(value or []):
         param = f"tools[{j}]"
-        if not isinstance(tool, dict):
-            raise _bad("must be an object", param)
+        tool = object_at(item, param)
         if tool.get("type") not in (None, "custom"):
             # A server tool (web_search, code_execution, ...): only Anthropic runs it.
             extras.setdefault("anthropic_tools", []).append(tool)
             continue
-        name = _string(tool, "name", param)
-        if not name:  # Anthropic (and every other upstream) refuses it
-            raise _bad("must not be empty", f"{param}.name")
-        description = tool.get("description")
-        if description is not None and not isinstance(description, str):
-            raise _bad("must be a string", f"{param}.description")
-        schema = tool.get("input_schema", {"type": "object", "properties": {}})
-        if not isinstance(schema, dict):
-            raise _bad("must be an object", f"{param}.input_schema")
+        name = take(tool, "name", "name", param, required=True)  # Anthropic (and every other upstream) refuses ""
+        description = take(tool, "description", "string", param)
+        schema = take(tool, "input_schema", "object", param) or {"type": "object", "properties": {}}
         tools.append(c.Tool(name, description, schema))
     return tools
 
 
-def _tool_choice(value: object, extras: dict[str, Any]) -> str | dict[str, str] | None:
+def _tool_choice(value: dict[str, Any] | None, extras: dict[str, Any]) -> str | dict[str, str] | None:
     if value is None:
         return None
-    if not isinstance(value, dict):
-        raise _bad("must be an object", "tool_choice")
     if value.get("disable_parallel_tool_use") is True:
         extras["parallel_tool_calls"] = False
     kind = value.get("type")
     if isinstance(kind, str) and kind in _TOOL_CHOICE_IN:
         return _TOOL_CHOICE_IN[kind]
     if kind == "tool":
-        return {"name": _string(value, "name", "tool_choice")}
-    raise _bad("must be one of auto, any, tool, none", "tool_choice.type")
+        return {"name": take(value, "name", "string", "tool_choice", required=True)}
+    raise bad("tool_choice.type", "one of auto, any, tool, none")
 
 
 def _response_format(body: dict, kept: dict[str, Any]) -> dict[str, Any] | None:
     """output_config.format (or the older beta `output_format`) -> response_format."""
-    config = body.get("output_config")
+    config = take(body, "output_config", "object")
     fmt, param = None, "output_format"
     if config is not None:
-        if not isinstance(config, dict):
-            raise _bad("must be an object", "output_config")
         rest = {k: v for k, v in config.items() if k != "format"}
         if rest:
             kept["output_config"] = rest  # effort, task_budget, ...
@@ -238,47 +195,25 @@ def _response_format(body: dict, kept: dict[str, Any]) -> dict[str, Any] | None:
     if fmt is None:
         return None
     if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
-        raise _bad("must be an object with type json_schema", param)
-    schema = fmt.get("schema")
-    if not isinstance(schema, dict):
-        raise _bad("must be an object", f"{param}.schema")
+        raise bad(param, "an object with type json_schema")
+    schema = take(fmt, "schema", "object", param, required=True)
     return {"type": "json_schema", "name": "response", "schema": schema, "strict": True}
-
-
-def _plugins(value: object) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _bad("must be an array", "plugins")
-    for j, plugin in enumerate(value):
-        if not isinstance(plugin, dict) or not isinstance(plugin.get("id"), str):
-            raise _bad("must be an object with a string id", f"plugins[{j}]")
-    return value
 
 
 def parse_request(body: object) -> c.Request:
     """A /v1/messages body as a canonical Request; BadRequest names the bad field."""
-    if not isinstance(body, dict):
-        raise errors.BadRequest("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("is required and must be a non-empty string", "model")
-    max_tokens = body.get("max_tokens")
-    if not _is_int(max_tokens) or max_tokens < 1:
-        raise _bad("is required and must be a positive integer", "max_tokens")
-    raw_messages = body.get("messages")
-    if not isinstance(raw_messages, list):
-        raise _bad("is required and must be an array", "messages")
+    body = body_object(body)
+    model = take(body, "model", "name", required=True)
+    max_tokens = take(body, "max_tokens", "positive", required=True)
+    raw_messages = take(body, "messages", "array", required=True)
 
     system = _system(body.get("system"))
     messages: list[c.Message] = []
     for i, raw in enumerate(raw_messages):
         param = f"messages[{i}]"
-        if not isinstance(raw, dict):
-            raise _bad("must be an object", param)
-        role = raw.get("role")
+        role = object_at(raw, param).get("role")
         if role not in ("user", "assistant", "system"):
-            raise _bad("must be user or assistant", f"{param}.role")
+            raise bad(f"{param}.role", "user or assistant")
         parts = _content(raw.get("content"), f"{param}.content")
         if role == "system":  # Claude Code sends these: they join the system prompt
             system.append("".join(p.text for p in parts if isinstance(p, c.Text)))
@@ -286,15 +221,15 @@ def parse_request(body: object) -> c.Request:
             messages.append(c.Message(role, parts))
 
     for key in ("metadata", "thinking", "context_management"):
-        _optional(body, key, lambda v: isinstance(v, dict), "an object")
-    _optional(body, "top_k", _is_int, "an integer")
-    stop = _optional(body, "stop_sequences", lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "an array of strings")
+        take(body, key, "object")
+    take(body, "top_k", "integer")
+    stop = take(body, "stop_sequences", "strings")
 
     extras: dict[str, Any] = {}
     kept = {k: v for k, v in body.items() if k not in _TRANSLATED}
     response_format = _response_format(body, kept)
-    tools = _tools(body.get("tools"), extras)
-    tool_choice = _tool_choice(body.get("tool_choice"), extras)
+    tools = _tools(take(body, "tools", "array"), extras)
+    tool_choice = _tool_choice(take(body, "tool_choice", "object"), extras)
     if kept:
         extras["anthropic"] = kept
     return c.Request(
@@ -304,12 +239,12 @@ def parse_request(body: object) -> c.Request:
         tools=tools,
         tool_choice=tool_choice,
         max_tokens=max_tokens,
-        temperature=_optional(body, "temperature", _is_number, "a number"),
-        top_p=_optional(body, "top_p", _is_number, "a number"),
+        temperature=take(body, "temperature", "number"),
+        top_p=take(body, "top_p", "number"),
         stop=list(stop or []),
-        stream=bool(_optional(body, "stream", lambda v: isinstance(v, bool), "a boolean")),
+        stream=bool(take(body, "stream", "boolean")),
         response_format=response_format,
-        plugins=_plugins(body.get("plugins")),
+        plugins=parse_plugins(body),
         extras=extras,
         client_format="anthropic",
         raw=body,

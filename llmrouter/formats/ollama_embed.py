@@ -18,8 +18,8 @@ from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import UpstreamCall, dumps, ollama
 from llmrouter.formats.ollama import _count, _load
-from llmrouter.formats.openai import take
-from llmrouter.formats.openai_embeddings import decode_vector, parse_dimensions, parse_texts
+from llmrouter.formats.openai_embeddings import decode_vector, parse_texts
+from llmrouter.formats.validate import body_object, take
 
 FORMAT, KIND = "ollama", c.EMBEDDING
 error_message = ollama.error_message
@@ -40,8 +40,7 @@ class _Client:
         self.legacy = legacy
 
     def parse_request(self, body: object) -> c.Request:
-        if not isinstance(body, dict):
-            raise errors.BadRequest("request body must be a JSON object")
+        body = body_object(body)
         model = take(body, "model", "string", required=True)
         if self.legacy:
             texts = [take(body, "prompt", "string", required=True)]
@@ -53,7 +52,7 @@ class _Client:
             if value is not None:
                 passed[key] = value
         return c.embedding_request(
-            model, texts, dimensions=None if self.legacy else parse_dimensions(body),
+            model, texts, dimensions=None if self.legacy else take(body, "dimensions", "positive"),
             extras={"ollama": passed}, client_format=FORMAT,
         )
 

@@ -3,8 +3,8 @@
 Client: POST /v1/chat/completions bodies in, chat.completion objects and
 chat.completion.chunk SSE out. Upstream: canonical requests out to
 {base_url}/chat/completions, replies and SSE streams back in. The mapping
-tables live in docs/formats.md. The small JSON readers at the top are shared
-with the Responses format.
+tables live in docs/formats.md. The readers at the top (images, tool_choice)
+are shared with the Responses format.
 """
 
 from __future__ import annotations
@@ -16,54 +16,13 @@ from llmrouter import canonical as c
 from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import Frame, UpstreamCall, forwardable_body, passthrough
+from llmrouter.formats.validate import bad, body_object, object_at, parse_plugins, take
 from llmrouter.sse import SSESplitter
 
 # ensure_ascii keeps lone surrogates a client may send encodable as UTF-8.
 dumps = json.JSONEncoder(separators=(",", ":")).encode
 
-# --- typed JSON readers (shared with formats.responses) ------------------------
-
-_KINDS = {
-    "string": (lambda v: isinstance(v, str), "a string"),
-    "name": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),  # every upstream refuses an empty tool name
-    "count": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
-    "number": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
-    "boolean": (lambda v: isinstance(v, bool), "a boolean"),
-    "array": (lambda v: isinstance(v, list), "an array"),
-    "object": (lambda v: isinstance(v, dict), "an object"),
-}
-
-
-def bad(path: str, expected: str) -> errors.BadRequest:
-    return errors.BadRequest(f"{path} must be {expected}", param=path)
-
-
-def take(obj: dict[str, Any], key: str, kind: str, path: str = "", required: bool = False) -> Any:
-    """obj[key] checked against `kind`; None when absent or null (unless required)."""
-    where = f"{path}.{key}" if path else key
-    value = obj.get(key)
-    if value is None:
-        if required:
-            raise errors.BadRequest(f"{where} is required", param=where)
-        return None
-    check, expected = _KINDS[kind]
-    if not check(value):
-        raise bad(where, expected)
-    return value
-
-
-def object_at(value: Any, path: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise bad(path, "an object")
-    return value
-
-
-def parse_plugins(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The router's own `plugins` extension: objects with a string `id`."""
-    items = take(body, "plugins", "array") or []
-    for i, item in enumerate(items):
-        take(object_at(item, f"plugins[{i}]"), "id", "string", f"plugins[{i}]", required=True)
-    return [dict(item) for item in items]
+# --- readers shared with formats.responses -------------------------------------
 
 
 def image_from_url(url: str, path: str) -> c.Image:
@@ -106,8 +65,7 @@ def parse_tool_choice(value: Any, warnings: list[str], path: str = "tool_choice"
 
 def parse_request(body: object) -> c.Request:
     """A chat-completions body as a canonical Request. Raises BadRequest only."""
-    if not isinstance(body, dict):
-        raise errors.BadRequest("request body must be a JSON object")
+    body = body_object(body)
     model = take(body, "model", "string", required=True)
     items = take(body, "messages", "array", required=True)
     if not items:

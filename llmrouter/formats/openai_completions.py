@@ -17,7 +17,8 @@ from llmrouter import canonical as c
 from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import Frame, UpstreamCall, forwardable_body, openai, passthrough
-from llmrouter.formats.openai import bad, dumps, take
+from llmrouter.formats.openai import dumps
+from llmrouter.formats.validate import bad, body_object, parse_plugins, take
 from llmrouter.sse import SSESplitter
 
 FORMAT, KIND = "openai", c.COMPLETION
@@ -29,8 +30,7 @@ error_message = openai.error_message
 
 def parse_request(body: object) -> c.Request:
     """A /v1/completions body as a canonical completion request. Raises BadRequest only."""
-    if not isinstance(body, dict):
-        raise errors.BadRequest("request body must be a JSON object")
+    body = body_object(body)
     model = take(body, "model", "string", required=True)
     stream_options = take(body, "stream_options", "object") or {}
     return c.completion_request(
@@ -41,10 +41,10 @@ def parse_request(body: object) -> c.Request:
         temperature=take(body, "temperature", "number"),
         top_p=take(body, "top_p", "number"),
         stop=openai._parse_stop(body.get("stop")),
-        seed=_integer(body, "seed"),
+        seed=take(body, "seed", "integer"),
         stream=bool(take(body, "stream", "boolean")),
         include_usage=bool(take(stream_options, "include_usage", "boolean", "stream_options")),
-        plugins=openai.parse_plugins(body),
+        plugins=parse_plugins(body),
         client_format=FORMAT,
         raw=body,
     )
@@ -60,13 +60,6 @@ def _prompt(value: Any) -> str:
     if value is None:
         raise errors.BadRequest("prompt is required", param="prompt")
     raise bad("prompt", "a string or an array of one string (token arrays and batches are not supported)")
-
-
-def _integer(body: dict[str, Any], key: str) -> int | None:
-    value = body.get(key)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-        raise bad(key, "an integer")
-    return value
 
 
 def _reply_id(req: c.Request, upstream_id: str) -> str:

@@ -21,7 +21,8 @@ from llmrouter import canonical as c
 from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import UpstreamCall, openai
-from llmrouter.formats.openai import bad, dumps, take
+from llmrouter.formats.openai import dumps
+from llmrouter.formats.validate import bad, body_object, parse_plugins, take
 
 FORMAT, KIND = "openai", c.EMBEDDING
 ENCODINGS = ("float", "base64")
@@ -40,19 +41,11 @@ def parse_texts(value: Any, field: str) -> list[str]:
     raise bad(field, "a string or a non-empty array of strings (token arrays are not supported)")
 
 
-def parse_dimensions(body: dict[str, Any]) -> int | None:
-    dimensions = take(body, "dimensions", "count")
-    if dimensions == 0:
-        raise bad("dimensions", "a positive integer")
-    return dimensions
-
-
 # --- client side -------------------------------------------------------------------
 
 
 def parse_request(body: object) -> c.Request:
-    if not isinstance(body, dict):
-        raise errors.BadRequest("request body must be a JSON object")
+    body = body_object(body)
     model = take(body, "model", "string", required=True)
     encoding = take(body, "encoding_format", "string")
     if encoding is None:
@@ -63,9 +56,9 @@ def parse_request(body: object) -> c.Request:
     return c.embedding_request(
         model,
         parse_texts(body.get("input"), "input"),
-        dimensions=parse_dimensions(body),
+        dimensions=take(body, "dimensions", "positive"),
         encoding_format=encoding,
-        plugins=openai.parse_plugins(body),
+        plugins=parse_plugins(body),
         extras={"openai": {"user": user}} if user is not None else {},
         client_format=FORMAT,
     )

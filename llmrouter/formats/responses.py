@@ -15,16 +15,13 @@ from llmrouter import canonical as c
 from llmrouter import errors
 from llmrouter.formats.openai import (
     append_tool_result,
-    bad,
     dumps,
     error_body,
     image_from_url,
-    object_at,
-    parse_plugins,
     parse_tool_choice,
     prompt_tokens,
-    take,
 )
+from llmrouter.formats.validate import bad, body_object, object_at, parse_plugins, take
 from llmrouter.sse import encode_event
 
 __all__ = ["parse_request", "render_response", "error_body", "Encoder"]
@@ -39,8 +36,7 @@ IGNORED_FIELDS = ("reasoning", "include", "store", "parallel_tool_calls", "promp
 
 def parse_request(body: object) -> c.Request:
     """A Responses API body as a canonical Request. Raises BadRequest only."""
-    if not isinstance(body, dict):
-        raise errors.BadRequest("request body must be a JSON object")
+    body = body_object(body)
     model = take(body, "model", "string", required=True)
     if body.get("previous_response_id") is not None:
         raise errors.BadRequest(
