@@ -6,11 +6,13 @@ all on `App.shutdown()`; `App.handle` is the HTTP handler the server calls.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import logging
 import os
 import random
+import re
 import secrets
 import time
 import urllib.parse
@@ -51,7 +53,8 @@ FEED_BATCH = 256  # events written to a subscriber in one send, at most
 class App:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.bus = EventBus()
+        self.hosts = HostGuard(config.server.host, config.server.allowed_hosts)
+        self.bus = EventBus(_sse)
         self.upstreams = Upstreams(config.providers)
         self.discovery = Discovery(config, self.upstreams)
         self.reqlog = RequestLog(config.logging.path) if config.logging.enabled else None
@@ -75,13 +78,15 @@ class App:
     async def run(self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serves until shutdown() has drained the server; reports the bound port."""
         try:
+            # Bound first, outside any task group: a busy port is a plain OSError.
+            port = await self.server.listen(self.config.server.host, self.config.server.port)
             async with anyio.create_task_group() as background:
                 if self.reqlog is not None:
                     background.start_soon(self.reqlog.run)
                 await self.discovery.first_pass()
                 background.start_soon(self.discovery.refresh_forever)
                 async with anyio.create_task_group() as serving:
-                    port = await serving.start(self.server.serve, self.config.server.host, self.config.server.port)
+                    await serving.start(self.server.serve)
                     task_status.started(port)
                 background.cancel_scope.cancel()  # the request log flushes as it stops
             await self.upstreams.aclose()
@@ -106,7 +111,7 @@ class App:
             await self.chat(request, writer, client_format, problem)
             return
         if problem is not None:
-            await self.respond_error(writer, "openai", problem)
+            await self.respond_error(writer, _error_format(path), problem)
             return
         if path in GET_ROUTES and (path.startswith("/dashboard") is False or self.config.server.dashboard):
             if method not in ("GET", "HEAD"):
@@ -123,23 +128,28 @@ class App:
             else:
                 await self.event_feed(writer)
             return
-        await self.respond_error(writer, "anthropic" if path.startswith("/v1/messages") else "openai", errors.NotFound(f"no route for {method} {path}"))
+        await self.respond_error(writer, _error_format(path), errors.NotFound(f"no route for {method} {path}"))
 
     def access_problem(self, request: HTTPRequest, client_format: str | None) -> errors.RouterError | None:
         """Refuses what a browser page or an unauthorised caller must not do."""
-        if request.path == "/health":
-            return None
-        origin = request.headers.get("origin")
-        if origin and not _same_or_loopback_origin(origin, request.headers.get("host", "")):
-            return errors.Forbidden(f"requests from origin {origin!r} are not allowed")
+        if request.path == "/health" and "verbose" not in request.query:
+            return None  # the bare liveness answer tells nobody anything
         key = self.config.server.api_key
-        if key:
-            presented = request.headers.get("x-api-key") or _bearer(request.headers.get("authorization", ""))
-            if not presented and request.path.startswith("/dashboard"):
-                # A browser cannot add headers to a page load or an EventSource.
-                presented = urllib.parse.parse_qs(request.query).get("api_key", [None])[0]
-            if not presented or not secrets.compare_digest(presented.encode(), key.encode()):
-                return errors.Unauthorized("missing or invalid API key")
+        keyed = key is not None and _presents_key(request, key)
+        # DNS rebinding: a page whose name the attacker points at 127.0.0.1 is
+        # "same-origin" with the router; only the Host header gives it away.
+        # A caller with the client key is no such page.
+        host = request.headers.get("host", "")
+        if not keyed and not self.hosts.allows(host):
+            return errors.Forbidden(
+                f"requests for host {host!r} are not allowed (DNS-rebinding guard): list it in server.allowed_hosts"
+                + (" or present the client key" if key is not None else "")
+            )
+        origin = request.headers.get("origin")
+        if origin and not _same_or_loopback_origin(origin, host):
+            return errors.Forbidden(f"requests from origin {origin!r} are not allowed")
+        if key is not None and not keyed:
+            return errors.Unauthorized("missing or invalid API key")
         if client_format is not None and request.method == "POST":
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/json" and not ctype.endswith("+json"):
@@ -209,7 +219,7 @@ class App:
             "events": self.bus.statistics(),
             "breakers": self.ctx.breakers.snapshot([p.name for p in self.config.providers], self.ctx.monotonic()),
             # Model names come from clients: only where the feed is open too (no client key).
-            "measurements": self.measurements.to_json(per_model=not self.config.server.api_key),
+            "measurements": self.measurements.to_json(),
         }
         await writer.respond(200, [("content-type", "application/json")], json.dumps(body).encode())
 
@@ -237,15 +247,14 @@ class App:
                 data = b": keep-alive\n\n"
                 with anyio.move_on_after(KEEPALIVE_EVERY):
                     try:
-                        event = await sub.receive.receive()
+                        frames = [await sub.receive.receive()]
                     except (anyio.EndOfStream, anyio.ClosedResourceError):
                         break
-                    frames = [_sse(event)]
                     # Whatever else is queued goes out in the same write: one
                     # send per burst, not per event, for each subscriber.
                     while len(frames) < FEED_BATCH:
                         try:
-                            frames.append(_sse(sub.receive.receive_nowait()))
+                            frames.append(sub.receive.receive_nowait())
                         except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                             break
                     dropped = sub.take_dropped()
@@ -270,8 +279,12 @@ class App:
 
     def render_failure(self, failure: ProtocolFailure) -> tuple[list[tuple[str, str]], bytes]:
         err = _status_error(failure.status, failure.message)
-        client_format = "anthropic" if failure.path.startswith("/v1/messages") else "openai"
-        return [("content-type", "application/json")], json.dumps(CLIENT_FORMATS[client_format].error_body(err)).encode()
+        return [("content-type", "application/json")], json.dumps(CLIENT_FORMATS[_error_format(failure.path)].error_body(err)).encode()
+
+
+def _error_format(path: str) -> str:
+    """The error shape for a path that is not a chat route: Anthropic's under /v1/messages."""
+    return "anthropic" if path.startswith("/v1/messages") else "openai"
 
 
 def _status_error(status: int, message: str) -> errors.RouterError:
@@ -291,6 +304,51 @@ def _format_and_kind(client_format: str) -> tuple[str, str]:
 
 def _sse(event: dict[str, Any]) -> bytes:
     return b"event: " + event["type"].encode() + b"\ndata: " + events.dumps(event).encode() + b"\n\n"
+
+
+def _presents_key(request: HTTPRequest, key: str) -> bool:
+    presented = request.headers.get("x-api-key") or _bearer(request.headers.get("authorization", ""))
+    if not presented and request.path.startswith("/dashboard"):
+        # A browser cannot add headers to a page load or an EventSource.
+        presented = urllib.parse.parse_qs(request.query).get("api_key", [None])[0]
+    return bool(presented) and secrets.compare_digest(presented.encode(), key.encode())
+
+
+class HostGuard:
+    """Which Host headers the router answers: loopback addresses, localhost,
+    the address it listens on and `server.allowed_hosts` (`"*"`: any)."""
+
+    def __init__(self, listen: str, allowed: tuple[str, ...]) -> None:
+        self.any = "*" in allowed
+        self.names = {_normal_host(name) for name in ("localhost", listen, *allowed)}
+
+    def allows(self, header: str) -> bool:
+        if self.any:
+            return True
+        match = _HOST_HEADER.match(header)
+        if match is None:
+            return False
+        name = _normal_host(match.group(1) or match.group(2))
+        if not name:
+            return False
+        if name in self.names:
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
+
+
+# host[:port] or [IPv6][:port]
+_HOST_HEADER = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([^\[\]:]*))(?::[0-9]*)?\Z")
+
+
+def _normal_host(name: str) -> str:
+    name = name.strip("[]").lower()
+    try:
+        return str(ipaddress.ip_address(name))  # one spelling per address (::1 = 0:0::1)
+    except ValueError:
+        return name
 
 
 def _bearer(value: str) -> str | None:

@@ -12,6 +12,9 @@ from llmrouter import __version__
 
 COMMANDS = ("serve", "check", "init", "watch", "tui")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Exit statuses (README.md): 0 stopped normally, 2 a config problem, this one
+# when the listening socket cannot be had (port in use, address not local).
+LISTEN_FAILED = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,13 +169,27 @@ def _load(path: str | None):
         return None
 
 
+def _log_writable(cfg) -> bool:
+    """A log path that cannot be opened for appending is a config error,
+    found before binding; a log that fails later only warns (requests go on)."""
+    if not cfg.logging.enabled:
+        return True
+    from llmrouter import reqlog
+
+    problem = reqlog.check_writable(cfg.logging.path)
+    if problem:
+        print(f"{cfg.source}: logging.path: {problem}", file=sys.stderr)
+        print("llmrouter: the configuration has 1 problem(s); nothing was started", file=sys.stderr)
+    return problem is None
+
+
 def check(path: str | None) -> int:
     from llmrouter import config
 
     from llmrouter import router
 
     cfg = _load(path)
-    if cfg is None:
+    if cfg is None or not _log_writable(cfg):
         return 2
     print(config.describe(cfg))
     for warning in router.check_rules(cfg):
@@ -192,16 +209,8 @@ def serve(path: str | None, host: str | None, port: int | None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    if cfg.logging.enabled:
-        from llmrouter import reqlog
-
-        # A log path that cannot be written is a config error, found before
-        # binding; a log that fails later only warns (requests go on).
-        problem = reqlog.check_writable(cfg.logging.path)
-        if problem:
-            print(f"{cfg.source}: logging.path: {problem}", file=sys.stderr)
-            print("llmrouter: the configuration has 1 problem(s); nothing was started", file=sys.stderr)
-            return 2
+    if not _log_writable(cfg):
+        return 2
     # Imported only now: a broken config is reported without loading the server.
     import anyio
 
@@ -212,15 +221,24 @@ def serve(path: str | None, host: str | None, port: int | None) -> int:
     for warning in (*cfg.warnings, *router.check_rules(cfg)):
         log.warning("%s", warning)
 
+    exit_status = 0
+
     async def main_task() -> None:
+        nonlocal exit_status
         app = App(cfg)
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_on_signal, app)
             try:
                 bound = await tg.start(app.run)
-            except OSError as exc:
-                log.error("cannot listen on %s:%s: %s", cfg.server.host, cfg.server.port, exc)
-                raise SystemExit(1) from None
+            except OSError as exc:  # the port is taken, the address is not this machine's, ...
+                host = cfg.server.host
+                where = f"[{host}]:{cfg.server.port}" if ":" in host else f"{host}:{cfg.server.port}"
+                # asyncio's own strerror repeats the address; a resolver error (negative errno) has only its text.
+                why = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+                print(f"llmrouter: cannot listen on {where}: {why} (server.host / server.port in {cfg.source})", file=sys.stderr)
+                exit_status = LISTEN_FAILED
+                tg.cancel_scope.cancel()
+                return
             url = config.server_url(cfg.server.host, bound)
             dashboard = f", dashboard {url}/dashboard" if cfg.server.dashboard else ""
             print(
@@ -235,7 +253,7 @@ def serve(path: str | None, host: str | None, port: int | None) -> int:
         anyio.run(main_task)
     except KeyboardInterrupt:
         pass
-    return 0
+    return exit_status
 
 
 async def stop_on_signal(app) -> None:

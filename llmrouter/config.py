@@ -55,6 +55,9 @@ class ServerConfig:
     discovery_timeout: float = 2.0
     breaker_failures: int = 5  # consecutive failures that open a provider's circuit
     breaker_cooldown: float = 30.0  # first cool-down of an open circuit (doubles on repeat)
+    stream_idle_timeout: float = 300.0  # longest wait for a stream event; keep-alive bytes do not count
+    # Host names clients may use besides loopback, localhost and `host` (DNS-rebinding guard); "*" = any.
+    allowed_hosts: tuple[str, ...] = ()
     # Resolved from api_key_env; never printed (repr=False).
     api_key: str | None = field(default=None, repr=False, compare=False)
 
@@ -451,6 +454,23 @@ def _host(value: Any) -> str:
     return value
 
 
+def _allowed_hosts(value: Any) -> tuple[str, ...]:
+    _expect(value, list, "an array of host names")
+    hosts, items = [], []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            items.append((f"[{i}]", f"expected a string, got {_kind(item)}"))
+            continue
+        name = item[1:-1] if item.startswith("[") and item.endswith("]") else item  # [::1] as in a URL
+        try:
+            hosts.append(item if item == "*" else _host(name).lower())
+        except _Bad:
+            items.append((f"[{i}]", 'must be a host name or an IP address (no scheme, port or path), or "*" for any'))
+    if items:
+        raise _Bad(items=items)
+    return tuple(hosts)
+
+
 _SERVER_SPEC: dict[str, Check | None] = {
     "host": _host,
     "port": _int(0, 65535),
@@ -469,6 +489,8 @@ _SERVER_SPEC: dict[str, Check | None] = {
     "discovery_timeout": _timeout,
     "breaker_failures": _int(1),
     "breaker_cooldown": _timeout,
+    "stream_idle_timeout": _timeout,
+    "allowed_hosts": _allowed_hosts,
 }
 
 
@@ -503,7 +525,23 @@ def _server(r: _Reader, raw: Any, environ: Mapping[str, str]) -> ServerConfig:
             r.problem("server.api_key_env", f"${server.api_key_env} is not set; clients could not authenticate")
         server = replace(server, api_key=key or None)
     _check_listen(r, server.host, server.api_key_env is not None, server.allow_unauthenticated, "server.host")
+    r.warnings += host_check_warnings(server)
     return server
+
+
+def host_check_warnings(server: ServerConfig) -> list[str]:
+    """What the DNS-rebinding guard (a check of each request's Host) means
+    for this server. With a client key there is nothing to say: a request
+    that presents it may use any Host, and one that does not is refused anyway."""
+    if server.api_key_env is not None:
+        return []
+    if "*" in server.allowed_hosts:
+        return ['server.allowed_hosts: "*" turns the Host check off and there is no client key: '
+                "any web page can reach the router through DNS rebinding (read the event feed, send chats)"]
+    if not is_loopback(server.host) and not server.allowed_hosts:
+        return [f"server.host: only requests for a loopback address, localhost or '{server.host}' are served (DNS-rebinding guard); "
+                "list the other names and addresses clients use in server.allowed_hosts"]
+    return []
 
 
 _LOGGING_SPEC: dict[str, Check | None] = {"enabled": _bool, "path": _nonempty, "embedding_inputs": _bool}
@@ -878,7 +916,8 @@ def override_listen(config: Config, *, host: str | None = None, port: int | None
         server = replace(server, host=host)
     if problems:
         raise ConfigError(problems)
-    return replace(config, server=server)
+    warnings = [w for w in config.warnings if w not in host_check_warnings(config.server)] + host_check_warnings(server)
+    return replace(config, server=server, warnings=tuple(warnings))
 
 
 # ---------------------------------------------------------------------------
@@ -1002,6 +1041,17 @@ def _key_status(p: Provider, skipped: bool) -> str:
     return f"key from ${p.api_key_env}: {state}" + (" (skipped: strict = true)" if skipped else "")
 
 
+def _hosts_line(s: ServerConfig) -> str:
+    if "*" in s.allowed_hosts:
+        return 'any (allowed_hosts = ["*"]: the Host check is off)'
+    names = ["loopback addresses", "localhost"]
+    if not is_loopback(s.host):
+        names.append(s.host)
+    names += s.allowed_hosts
+    keyed = "; any host with the client key" if s.api_key_env else ""
+    return ", ".join(names) + keyed
+
+
 def describe(config: Config) -> str:
     """A human summary for `llmrouter check`; shows no secret."""
     s = config.server
@@ -1016,6 +1066,7 @@ def describe(config: Config) -> str:
     lines = [
         f"config: {config.source}",
         f"listen: {url} ({bound}{auth})",
+        f"allowed hosts: {_hosts_line(s)}",
         f"dashboard: {url + '/dashboard' if s.dashboard else 'off'}",
         f"request log: {config.logging.path if config.logging.enabled else 'off'}",
         f"metrics: {url}/metrics" + (" (with model labels)" if config.metrics.model_label else ""),

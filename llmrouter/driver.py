@@ -137,6 +137,7 @@ class _Run:
         self.deadline = math.inf
         self.opened_at = 0.0
         self.last_chunk: float | None = None  # None until the first body chunk
+        self.last_event = 0.0  # when the last chunk that carried a stream event arrived
 
     async def loop(self) -> None:
         try:
@@ -193,6 +194,7 @@ class _Run:
             raise errors.UpstreamConnectError(exc.message) from exc
         self.deadline = time.monotonic() + cmd.provider.total_timeout
         self.last_chunk = None
+        self.last_event = self.opened_at
         if 200 <= stream.status < 300:
             self.stream = stream
             return UpstreamHead(stream.status, stream.headers)
@@ -211,18 +213,27 @@ class _Run:
             quiet_until = self.opened_at + provider.first_byte_timeout
         else:
             quiet_until = self.last_chunk + provider.idle_timeout
-        give_up = min(quiet_until, self.deadline)
+        if cmd.progress and self.last_chunk is not None:
+            self.last_event = self.last_chunk
+        # Keep-alive bytes restart quiet_until but not this one.
+        events_until = self.last_event + cmd.event_timeout
+        give_up = min(quiet_until, self.deadline, events_until)
         keepalive = (cmd.ping_after, functools.partial(self.writer.send, cmd.ping)) if cmd.ping else None
-        with anyio.CancelScope(deadline=anyio.current_time() + max(give_up - time.monotonic(), 0)) as scope:
-            chunk = await stream.read(keepalive)
-        now = time.monotonic()
-        if scope.cancelled_caught:
-            if now >= self.deadline:
+        # Checked before reading too: a read of bytes already buffered may return without waiting.
+        timed_out = time.monotonic() >= give_up
+        if not timed_out:
+            with anyio.CancelScope(deadline=anyio.current_time() + (give_up - time.monotonic())) as scope:
+                chunk = await stream.read(keepalive)
+            timed_out = scope.cancelled_caught
+        if timed_out:
+            if give_up == self.deadline:
                 raise errors.UpstreamTimeout(f"provider '{provider.name}': reply not finished within {provider.total_timeout:g}s")
+            if give_up == events_until:
+                raise errors.UpstreamTimeout(f"provider '{provider.name}': no stream event for {cmd.event_timeout:g}s, only keep-alives")
             if self.last_chunk is None:
                 raise errors.UpstreamTimeout(f"provider '{provider.name}': no first chunk within {provider.first_byte_timeout:g}s")
             raise errors.UpstreamTimeout(f"provider '{provider.name}': no data for {provider.idle_timeout:g}s")
-        self.last_chunk = now
+        self.last_chunk = time.monotonic()
         return chunk
 
     async def read_body(self, limit: int) -> bytes:

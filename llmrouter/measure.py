@@ -134,11 +134,10 @@ class Measurements:
             stats.model(attempt.get("model") or "").add(ok, ttft, duration, tps)
         return list(dict.fromkeys(tried))
 
-    def to_json(self, per_model: bool = True) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         out = {name: stats.to_json() for name, stats in self.providers.items()}
-        if per_model:
-            for name, stats in self.providers.items():
-                out[name]["models"] = {m: s.to_json() for m, s in stats.models.items()}
+        for name, stats in self.providers.items():
+            out[name]["models"] = {m: s.to_json() for m, s in stats.models.items()}
         return out
 
 

@@ -341,9 +341,11 @@ def _relay_stream(
     collector = ex.collector = canonical.ResponseCollector(decision.model)
     started = ctx.monotonic()
     ex.first_chunk_at = None
+    event_timeout = ctx.config.server.stream_idle_timeout
+    progress = False
     while True:
         # Before its head, nothing can go to the client, keep-alives included.
-        chunk = yield ReadUpstream(PING_AFTER, encoder.ping() if ex.response_started else b"")
+        chunk = yield ReadUpstream(PING_AFTER, encoder.ping() if ex.response_started else b"", event_timeout, progress)
         if ex.first_chunk_at is None:
             ex.first_chunk_at = ctx.monotonic()
         if rec.first_byte_ms is None:
@@ -351,8 +353,10 @@ def _relay_stream(
         frames = decoder.feed(chunk) if chunk else decoder.close()
         out: list[bytes] = []
         failure: canonical.StreamError | None = None
+        progress = False  # comments, pings and blank lines are not progress
         for frame in frames:
             raw = frame.raw
+            progress = progress or bool(frame.events)
             for event in frame.events:
                 if isinstance(event, canonical.StreamError):
                     # An upstream may quote the key it was sent in its error.

@@ -152,7 +152,7 @@ def test_a_cancelled_completion_closes_its_upstream_request(fake, model, phase):
         fake.enqueue(PHASES[phase]())
         body = json.dumps({"model": model, "prompt": PREFIX, "suffix": SUFFIX, "stream": phase != "non_stream_wait"}).encode()
         sock = socket.create_connection(("127.0.0.1", router.port), timeout=10)
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                      b"content-length: %d\r\n\r\n%s" % (len(body), body))
         fake.wait_until(lambda f: len(posted(f)) == 1, timeout=10)
         if phase == "mid_stream":
@@ -189,3 +189,24 @@ def test_fields_ollama_cannot_take_are_dropped_with_a_debug_line(router, fake, c
     assert set(posted(fake)[0].json) == {"model", "prompt", "stream", "raw"}
     dropped = [r.getMessage() for r in caplog.records if "dropped completion field" in r.getMessage()]
     assert sorted(dropped) == [f"dropped completion field '{k}' for an ollama upstream" for k in ("echo", "logprobs", "n")]
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", {"model": "o/coder", "prompt": "x"}),
+    ("/v1/embeddings", {"model": "o/emb", "input": "x"}),
+    ("/api/embed", {"model": "l/emb", "input": "x"}),
+    ("/api/embeddings", {"model": "l/emb", "prompt": "x"}),
+])
+def test_the_host_guard_and_the_client_key_cover_the_new_routes(fake, path, body):
+    """A page reached through DNS rebinding (a foreign Host) and a caller
+    without the key are refused before anything reaches an upstream."""
+    server = '[server]\nport = 0\napi_key_env = "ROUTER_KEY"\n'
+    with running_router(config(fake).replace("[server]\nport = 0\n", server), environ={"ROUTER_KEY": "k-123"}) as router:
+        def post(**headers: str) -> int:
+            return httpcore.request("POST", router.url + path, content=json.dumps(body).encode(),
+                                    headers={"content-type": "application/json", **headers}).status
+        assert post(host="attacker.example") == 403
+        assert post() == 401
+        assert post(authorization="Bearer k-123") == 200
+        assert len(posted(fake)) == 1
+        assert [r["status"] for r in router.wait_records(3)] == [403, 401, 200]

@@ -71,6 +71,12 @@ BROKEN = [
     ("host-key-unset", '[server]\nhost = "0.0.0.0"\napi_key_env = "ROUTER_KEY"\n' + LOCAL,
      "server.api_key_env", "$ROUTER_KEY is not set"),
     ("host-url", '[server]\nhost = "http://localhost"\n' + LOCAL, "server.host", "IP address or a host name"),
+    ("stream-idle-zero", "[server]\nstream_idle_timeout = 0\n" + LOCAL, "server.stream_idle_timeout", "must be > 0"),
+    ("allowed-hosts-string", '[server]\nallowed_hosts = "router.lan"\n' + LOCAL, "server.allowed_hosts", "expected an array of host names"),
+    ("allowed-hosts-port", '[server]\nallowed_hosts = ["ok.lan", "router.lan:8090"]\n' + LOCAL, "server.allowed_hosts[1]", "no scheme, port or path"),
+    ("allowed-hosts-url", '[server]\nallowed_hosts = ["http://router.lan"]\n' + LOCAL, "server.allowed_hosts[0]", 'or "*" for any'),
+    ("allowed-hosts-int", '[server]\nallowed_hosts = [1]\n' + LOCAL, "server.allowed_hosts[0]", "expected a string, got an integer"),
+    ("allowed-hosts-empty", '[server]\nallowed_hosts = [""]\n' + LOCAL, "server.allowed_hosts[0]", "host name or an IP address"),
     ("server-key-name", '[server]\napi_key_env = "my key"\n' + LOCAL, "server.api_key_env", "name of an environment variable"),
     ("logging-enabled-int", "[logging]\nenabled = 1\n" + LOCAL, "logging.enabled", "expected a boolean"),
     ("logging-unset-var", '[logging]\npath = "${NOPE_UNSET}/x.jsonl"\n' + LOCAL, "logging.path", "${NOPE_UNSET} is not set"),
@@ -258,6 +264,8 @@ fallback_on_error = false
 discovery_interval = 5
 breaker_failures = 3
 breaker_cooldown = 0.5
+stream_idle_timeout = 7
+allowed_hosts = ["Router.LAN", "[fe80::1]", "10.0.0.2"]
 
 [logging]
 enabled = true
@@ -349,6 +357,7 @@ def test_full_config_parses_every_key(tmp_path):
     assert (s.header_timeout, s.max_attempts, s.fallback_on_error) == (1.0, 2, False)
     assert isinstance(s.header_timeout, float) and s.discovery_interval == 5.0
     assert (s.breaker_failures, s.breaker_cooldown) == (3, 0.5)
+    assert s.stream_idle_timeout == 7.0 and s.allowed_hosts == ("router.lan", "fe80::1", "10.0.0.2")
     assert cfg.logging.enabled and cfg.logging.path == str(tmp_path / "logs" / "r.jsonl")
     local, ollama, openai = cfg.providers
     assert local.base_url == "http://127.0.0.1:8080/v1"
@@ -431,6 +440,37 @@ def test_exposed_host_with_key_or_explicit_opt_out():
     assert cfg.server.api_key is None
     for host in ("localhost", "127.0.0.2", "::1"):
         assert parse_text(f'[server]\nhost = "{host}"\n' + LOCAL).server.host == host
+
+
+def test_allowed_hosts_warnings_and_what_check_prints():
+    """The DNS-rebinding guard: check says which Host names are served, and
+    warns when the guard is off without a key, or would refuse the clients of
+    an unauthenticated non-loopback bind."""
+    cfg = parse_text(LOCAL)
+    assert "allowed hosts: loopback addresses, localhost\n" in config.describe(cfg)
+    assert not any("allowed_hosts" in w for w in cfg.warnings)
+    cfg = parse_text('[server]\nallowed_hosts = ["router.lan"]\n' + LOCAL)
+    assert "allowed hosts: loopback addresses, localhost, router.lan\n" in config.describe(cfg)
+    off = parse_text('[server]\nallowed_hosts = ["*"]\n' + LOCAL)
+    assert 'allowed hosts: any (allowed_hosts = ["*"]: the Host check is off)' in config.describe(off)
+    assert any(w.startswith('server.allowed_hosts: "*" turns the Host check off and there is no client key') for w in off.warnings)
+    keyed = parse_text('[server]\nallowed_hosts = ["*"]\napi_key_env = "K"\n' + LOCAL, {"K": CANARY})
+    assert not any("Host" in w for w in keyed.warnings)
+    exposed = parse_text('[server]\nhost = "0.0.0.0"\nallow_unauthenticated = true\n' + LOCAL)
+    assert any("list the other names and addresses clients use in server.allowed_hosts" in w for w in exposed.warnings)
+    assert "allowed hosts: loopback addresses, localhost, 0.0.0.0\n" in config.describe(exposed)
+    listed = parse_text('[server]\nhost = "0.0.0.0"\nallow_unauthenticated = true\nallowed_hosts = ["router.lan"]\n' + LOCAL)
+    assert not any("allowed_hosts" in w for w in listed.warnings)
+    # A key and no allowed_hosts: keyed clients may use any Host; nothing to warn about.
+    keyed = parse_text('[server]\nhost = "0.0.0.0"\napi_key_env = "K"\n' + LOCAL, {"K": CANARY})
+    assert not any("allowed_hosts" in w for w in keyed.warnings)
+    assert "; any host with the client key" in config.describe(keyed)
+    # --host re-evaluates the warning for the address actually bound.
+    loose = parse_text("[server]\nallow_unauthenticated = true\n" + LOCAL)
+    assert not any("allowed_hosts" in w for w in loose.warnings)
+    moved = config.override_listen(loose, host="0.0.0.0")
+    assert sum("allowed_hosts" in w for w in moved.warnings) == 1
+    assert not any("allowed_hosts" in w for w in config.override_listen(moved, host="127.0.0.1").warnings)
 
 
 def test_loopback_with_key_env_still_needs_the_variable():

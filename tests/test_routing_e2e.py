@@ -66,9 +66,8 @@ def test_discovered_model_routes_with_latest_tag():
 def test_discovery_never_holds_startup_longer_than_its_timeout():
     with FakeUpstream() as fake:
         fake.script = lambda request: Reply.raw(200, [], [Hang()]) if request.path == "/api/tags" else None
-        started = time.monotonic()
+        # The tags request never ends: startup that waited for it would miss running_router's start deadline.
         with running_router(ollama_config(fake.url, "discovery_timeout = 0.3")) as router:
-            assert time.monotonic() - started < 3
             assert verbose_health(router)["discovered"] == {}
 
 
@@ -228,7 +227,7 @@ def test_least_busy_sends_the_next_request_to_the_idle_provider():
         with running_router(cfg) as router:
             body = json.dumps({"model": "m", "stream": True, "messages": MESSAGES}).encode()
             with socket.create_connection(("127.0.0.1", router.port), timeout=10) as held:
-                held.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+                held.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\n\r\n%s" % (len(body), body))
                 first.wait_until(lambda f: len(f.requests) == 1)
                 assert verbose_health(router)["measurements"]["a"]["in_flight"] == 1
