@@ -156,6 +156,7 @@ def _serve(ctx: Context, ex: Exchange, client: formats.ClientFormat) -> Pipeline
         raise errors.BadRequest(problem)
 
     req = client.parse_request(body)
+    rec.kind = req.kind  # an endpoint may serve more than one kind (Ollama's /api/generate with a suffix)
     # Formats read no clock and no randomness: the time and the seed of every
     # id they make come with the request.
     req.now, req.id_seed = ctx.clock_ms() / 1000, ctx.new_seed()
