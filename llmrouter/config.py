@@ -1068,7 +1068,8 @@ def describe(config: Config) -> str:
         f"listen: {url} ({bound}{auth})",
         f"allowed hosts: {_hosts_line(s)}",
         f"dashboard: {url + '/dashboard' if s.dashboard else 'off'}",
-        f"request log: {config.logging.path if config.logging.enabled else 'off'}",
+        f"request log: {config.logging.path if config.logging.enabled else 'off'}"
+        + (" (with embedding input texts)" if config.logging.enabled and config.logging.embedding_inputs else ""),
         f"metrics: {url}/metrics" + (" (with model labels)" if config.metrics.model_label else ""),
         f"providers ({len(config.providers)} active):",
     ]

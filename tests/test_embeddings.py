@@ -236,3 +236,13 @@ def test_metrics_count_embeddings_and_completions_by_endpoint(router, fake):
     assert value(parsed, requests, provider="olla", endpoint="/v1/completions", outcome="ok") == 1
     assert value(parsed, requests, provider="", endpoint="/v1/embeddings", outcome="no_route") == 1
     assert value(parsed, "llmrouter_tokens_total", provider="oai", direction="in") == 5  # the embedding's prompt tokens
+
+
+def test_check_says_when_embedding_texts_are_logged(fake, tmp_path):
+    from harness import make_config
+    from llmrouter.config import describe
+
+    quiet = describe(make_config(config(fake, f'[logging]\nenabled = true\npath = "{tmp_path}/r.jsonl"\n')))
+    loud = describe(make_config(config(fake, f'[logging]\nenabled = true\npath = "{tmp_path}/r.jsonl"\nembedding_inputs = true\n')))
+    assert f"request log: {tmp_path}/r.jsonl\n" in quiet
+    assert f"request log: {tmp_path}/r.jsonl (with embedding input texts)\n" in loud
