@@ -246,3 +246,15 @@ def test_check_says_when_embedding_texts_are_logged(fake, tmp_path):
     loud = describe(make_config(config(fake, f'[logging]\nenabled = true\npath = "{tmp_path}/r.jsonl"\nembedding_inputs = true\n')))
     assert f"request log: {tmp_path}/r.jsonl\n" in quiet
     assert f"request log: {tmp_path}/r.jsonl (with embedding input texts)\n" in loud
+
+
+def test_an_embedding_gives_no_time_to_first_token_sample():
+    from llmrouter.measure import Measurements
+
+    measured = Measurements()
+    attempt = {"provider": "olla", "model": "e", "outcome": "ok", "status": 200, "duration_ms": 12}
+    measured.observe({"kind": "embedding", "stream": False, "usage": {"input_tokens": 5, "output_tokens": 0}, "attempts": [attempt]})
+    stats = measured.get("olla").to_json()
+    assert stats["ttft_ms"] is None and stats["duration_ms"] == 12 and stats["error_rate"] == 0
+    measured.observe({"kind": "completion", "stream": False, "usage": {"input_tokens": 5, "output_tokens": 4}, "attempts": [attempt]})
+    assert measured.get("olla").to_json()["ttft_ms"] == 12
