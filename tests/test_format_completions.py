@@ -159,8 +159,10 @@ def test_embedding_upstream_bodies():
                               extras={"openai": {"user": "u"}, "ollama": {"keep_alive": "5m", "truncate": False}})
     assert json.loads(openai_embeddings.build_request(req, "text-embed", OPENAI).body) == {
         "model": "text-embed", "input": ["a", "b"], "encoding_format": "base64", "dimensions": 3, "user": "u"}
+    assert openai_embeddings.build_request(req, "text-embed", OPENAI).warnings == [
+        "dropped embedding field 'keep_alive' for an openai upstream", "dropped embedding field 'truncate' for an openai upstream"]
     call = ollama_embed.build_request(req, "nomic", OLLAMA)
-    assert call.path == "/api/embed"
+    assert call.path == "/api/embed" and call.warnings == ["dropped embedding field 'user' for an ollama upstream"]
     assert json.loads(call.body) == {"model": "nomic", "input": ["a", "b"], "dimensions": 3, "keep_alive": "5m", "truncate": False}
     reply = {"model": "nomic", "embeddings": VECTORS, "total_duration": 9, "load_duration": 1, "prompt_eval_count": 7}
     parsed = ollama_embed.parse_response(json.dumps(reply).encode(), req)

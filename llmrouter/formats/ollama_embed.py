@@ -18,7 +18,7 @@ from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import UpstreamCall, dumps, ollama
 from llmrouter.formats.ollama import _count, _load
-from llmrouter.formats.openai_embeddings import decode_vector, parse_texts
+from llmrouter.formats.openai_embeddings import decode_vector, dropped, parse_texts
 from llmrouter.formats.validate import body_object, take
 
 FORMAT, KIND = "ollama", c.EMBEDDING
@@ -79,7 +79,7 @@ def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCal
         headers["authorization"] = f"Bearer {provider.api_key}"
     for name, value in provider.headers:
         headers[name.lower()] = value
-    return UpstreamCall("/api/embed", list(headers.items()), dumps(body).encode())
+    return UpstreamCall("/api/embed", list(headers.items()), dumps(body).encode(), dropped(req, "openai", "an ollama"))
 
 
 def parse_response(data: bytes, req: c.Request) -> c.Embeddings:

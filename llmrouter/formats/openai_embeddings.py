@@ -103,7 +103,12 @@ def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCal
     if provider.api_key:
         headers.append(("authorization", f"Bearer {provider.api_key}"))
     headers.extend(provider.headers)
-    return UpstreamCall("/embeddings", headers, dumps(body).encode())
+    return UpstreamCall("/embeddings", headers, dumps(body).encode(), dropped(req, "ollama", "an openai"))
+
+
+def dropped(req: c.Request, fmt: str, upstream: str) -> list[str]:
+    """Warnings for the fields only a `fmt` upstream takes (kept in extras[fmt])."""
+    return [f"dropped embedding field {k!r} for {upstream} upstream" for k in req.extras.get(fmt, {})]
 
 
 def parse_response(data: bytes, req: c.Request) -> c.Embeddings:
