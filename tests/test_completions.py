@@ -166,6 +166,7 @@ def test_a_cancelled_completion_closes_its_upstream_request(fake, model, phase):
         fake.wait_until(lambda f: conn.closed, timeout=10)
         assert router.app.upstreams.pool_stats(provider)["open"] <= pooled  # the cancelled one is not kept
         assert sdk(router).completions.create(model=model, prompt="next").choices[0].text == "echo: next"
+        assert [r["status"] for r in router.wait_records(2)] == [499, 200]  # one record each, no more
 
 
 
