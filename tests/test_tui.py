@@ -476,6 +476,16 @@ def test_tui_waits_for_a_missing_router_and_quits_on_ctrl_c():
         term.close()
 
 
+def test_completions_and_embeddings_show_their_kind():
+    s = State()
+    reduce(s, {"type": "start", "id": 8, "ts_ms": TS, "model": "coder", "in_flight": 1, "kind": "completion"})
+    assert "03:58:20  ⋯  coder  completion  1500ms" in screen(s)
+    reduce(s, complete(9, kind="embedding", inputs={"count": 2, "chars": [3, 4]}, messages=[],
+                       response={"model": "e", "count": 2, "dimensions": 384, "usage": {"input_tokens": 5, "output_tokens": 0}}))
+    text = screen(s)
+    assert "03:58:20  ollama  llama3  embedding ×2  100ms" in text and "  reply: 2 vectors × 384 dimensions" in text
+
+
 def test_stats_show_each_providers_live_measurements():
     s = State()
     reduce(s, complete(1, "paid"))
