@@ -102,7 +102,7 @@ def test_tools_and_options():
     )
     assert req.tools == [c.Tool("f", "d", {"type": "object"})]
     assert (req.temperature, req.top_p, req.stop, req.max_tokens) == (0.2, 0.9, ["END"], 64)
-    assert req.extras["openai"] == {"seed": 7, "presence_penalty": 0.5}
+    assert req.seed == 7 and req.extras["openai"] == {"presence_penalty": 0.5}
     assert req.extras["anthropic"] == {"top_k": 40}
     assert req.extras["ollama"]["keep_alive"] == "10m" and req.extras["ollama"]["options"]["num_ctx"] == 8192
     assert chat(options={"num_predict": -1}).max_tokens is None
@@ -152,18 +152,27 @@ def test_generate_is_a_one_turn_request():
     req = GENERATE.parse_request({"model": "m", "prompt": "why?", "system": "short", "images": [PNG], "options": {"seed": 1}})
     assert req.client_format == "ollama-generate" and req.stream is True and req.system == "short"
     assert req.messages == [c.Message("user", [c.Text("why?"), c.Image("image/png", PNG)])]
-    assert req.extras["openai"] == {"seed": 1}
+    assert req.seed == 1 and "openai" not in req.extras
 
 
 @pytest.mark.parametrize(
     ("fields", "param"),
-    [({"suffix": "}"}, "suffix"), ({"raw": True}, "raw"), ({"context": [1, 2]}, "context"),
-     ({"template": "{{ .Prompt }}"}, "template"), ({"prompt": ""}, "prompt"), ({"prompt": 1}, "prompt")],
+    [({"context": [1, 2]}, "context"), ({"template": "{{ .Prompt }}"}, "template"), ({"prompt": ""}, "prompt"),
+     ({"prompt": 1}, "prompt"), ({"suffix": 1}, "suffix"), ({"raw": "yes"}, "raw"), ({"suffix": "}", "images": [PNG]}, "images")],
 )
 def test_generate_refuses_what_it_cannot_do_by_name(fields, param):
     with pytest.raises(errors.BadRequest) as caught:
         GENERATE.parse_request({"model": "m", "prompt": "p", **fields})
     assert caught.value.param == param and param in caught.value.message
+
+
+@pytest.mark.parametrize("fields", [{"suffix": "\n    return x\n"}, {"raw": True}])
+def test_generate_with_a_suffix_or_raw_is_a_text_completion(fields):
+    body = {"model": "m", "prompt": "def f(", "options": {"num_predict": 9, "seed": 2}, "stream": False, **fields}
+    req = GENERATE.parse_request(body)
+    assert (req.kind, req.prompt, req.suffix, req.max_tokens, req.seed) == (c.COMPLETION, "def f(", fields.get("suffix"), 9, 2)
+    assert req.client_format == "ollama"  # an Ollama upstream's /api/generate speaks it: passed through
+    assert GENERATE.parse_request({"model": "m", "prompt": "p"}).kind == c.CHAT
 
 
 # --- what each upstream is sent -------------------------------------------------------

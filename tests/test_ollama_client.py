@@ -272,15 +272,46 @@ def test_generate(client, router, fakes, upstream, stream):
     system = body["system"] if upstream == "anthropic" else body["messages"][0]["content"]
     assert system == "be brief"
     record = one_record(router, before)
-    assert (record["client_format"], record["status"], record["stream"]) == ("ollama-generate", 200, stream)
+    assert (record["client_format"], record["kind"], record["endpoint"], record["status"], record["stream"]) == (
+        "ollama", "chat", "/api/generate", 200, stream)
 
 
-def test_generate_with_suffix_is_refused_by_name(client, router):
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("upstream", ["openai", "ollama"])
+def test_generate_with_a_suffix_is_fill_in_the_middle(client, router, fakes, upstream, stream):
+    """A suffix makes it a text completion: /completions with the suffix for
+    an openai upstream, the client's own body to an Ollama's /api/generate."""
+    before = len(router.records)
+    reply = client.generate(model=MODEL[upstream], prompt="def f(", suffix="    return x", stream=stream,
+                            options={"num_predict": 20, "temperature": 0})
+    reply, _ = read(reply, stream)
+    assert reply.response == "echo: def f(" and reply.done_reason == "stop"
+    sent = fakes[upstream].requests[-1]
+    if upstream == "openai":
+        assert sent.route == "/v1/completions"
+        assert (sent.json["prompt"], sent.json["suffix"], sent.json["max_tokens"]) == ("def f(", "    return x", 20)
+    else:
+        assert sent.route == "/api/generate"
+        assert {k: v for k, v in sent.json.items() if k != "model"} == {
+            "prompt": "def f(", "suffix": "    return x", "stream": stream, "options": {"num_predict": 20, "temperature": 0}}
+    record = one_record(router, before)
+    assert (record["client_format"], record["kind"], record["endpoint"], record["status"]) == (
+        "ollama", "completion", "/api/generate", 200)
+
+
+def test_generate_raw_is_a_text_completion(client, fakes):
+    reply = client.generate(model=MODEL["openai"], prompt="<|user|>hi<|assistant|>", raw=True, stream=False)
+    assert reply.response == "echo: <|user|>hi<|assistant|>"
+    sent = fakes["openai"].requests[-1]
+    assert sent.route == "/v1/completions" and sent.json["prompt"] == "<|user|>hi<|assistant|>" and "suffix" not in sent.json
+
+
+def test_generate_with_a_suffix_is_refused_for_anthropic(client, router):
     before = len(router.records)
     with pytest.raises(ollama.ResponseError) as caught:
-        client.generate(model=MODEL["openai"], prompt="def f(", suffix="    return x")
-    assert caught.value.status_code == 400 and "suffix" in caught.value.error
-    assert one_record(router, before)["status"] == 400
+        client.generate(model=MODEL["anthropic"], prompt="def f(", suffix="    return x", stream=False)
+    assert caught.value.status_code == 400 and "'an'" in caught.value.error and "completion" in caught.value.error
+    assert one_record(router, before)["error_code"] == "unsupported_kind"
 
 
 # --- models ----------------------------------------------------------------------------
@@ -375,7 +406,7 @@ def test_stream_is_ndjson_with_router_headers(router):
         ("/api/chat", b'{"model": 1, "messages": []}', 400, "model"),
         ("/api/chat", b'{"model": "oa/x", "messages": [{"role": "user", "content": 1}]}', 400, "messages[0].content"),
         ("/api/chat", b'{"model": "oa/x", "messages": [{"role": "user", "content": "x"}], "options": {"top_k": "x"}}', 400, "options.top_k"),
-        ("/api/generate", b'{"model": "oa/x", "prompt": "p", "raw": true}', 400, "raw"),
+        ("/api/generate", b'{"model": "oa/x", "prompt": "p", "raw": "yes"}', 400, "raw"),
         ("/api/generate", b'{"model": "oa/x", "prompt": "p", "context": [1]}', 400, "context"),
         ("/api/chat", b'{"model": "nowhere", "messages": [{"role": "user", "content": "x"}]}', 404, "nowhere"),
     ],
@@ -386,7 +417,7 @@ def test_bad_requests_get_ollama_errors_and_one_record(router, path, body, statu
     error = json.loads(payload)
     assert got == status and list(error) == ["error"] and needle in error["error"]
     record = one_record(router, before)
-    assert record["status"] == status and record["client_format"] in ("ollama", "ollama-generate")
+    assert record["status"] == status and (record["client_format"], record["endpoint"]) == ("ollama", path)
 
 
 @pytest.mark.parametrize(
@@ -435,7 +466,7 @@ def test_the_host_guard_covers_the_ollama_api(router, fakes, host):
         status, _, payload = raw(router, method, path, body, headers={"host": host})
         assert status == 403 and "allowed_hosts" in json.loads(payload)["error"], (path, payload)
     records = router.wait_records(before + 2)
-    assert [(r["client_format"], r["status"]) for r in records[before:]] == [("ollama", 403), ("ollama-generate", 403)]
+    assert [(r["endpoint"], r["status"]) for r in records[before:]] == [("/api/chat", 403), ("/api/generate", 403)]
     assert sum(len(f.requests) for f in fakes.values()) == seen
 
 

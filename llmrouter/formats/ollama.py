@@ -98,6 +98,8 @@ def _body(req: c.Request, model: str) -> dict[str, Any]:
         options["temperature"] = req.temperature
     if req.top_p is not None:
         options["top_p"] = req.top_p
+    if req.seed is not None:
+        options["seed"] = req.seed
     if req.max_tokens is not None:
         options["num_predict"] = req.max_tokens
     if req.stop:

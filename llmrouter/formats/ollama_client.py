@@ -1,9 +1,10 @@
 """Ollama's own client API, client side: POST /api/chat and POST /api/generate. Pure.
 
-Two client formats share this module: `CHAT` ("ollama", /api/chat) and
-`GENERATE` ("ollama-generate", /api/generate, a one-turn request). Each
-exposes the client contract of llmrouter.formats (parse_request,
-render_response, error_body, Encoder). The upstream side of Ollama lives in
+Two client endpoints share this module: `CHAT` (/api/chat) and `GENERATE`
+(/api/generate: a one-turn chat, or with `suffix` or `raw` a text
+completion). Each exposes the client contract of llmrouter.formats
+(parse_request, render_response, error_body, Encoder); both log as the
+wire format "ollama". The upstream side of Ollama lives in
 formats/ollama.py; the mapping tables in docs/formats.md.
 
 Ollama streams by default (NDJSON, `application/x-ndjson`), and its tool
@@ -171,6 +172,7 @@ class _Options:
     top_p: float | None = None
     max_tokens: int | None = None
     stop: list[str] | None = None
+    seed: int | None = None
 
 
 def _options(body: dict[str, Any], extras: dict[str, Any]) -> _Options:
@@ -189,10 +191,8 @@ def _options(body: dict[str, Any], extras: dict[str, Any]) -> _Options:
         raise bad("options.stop", "a string or an array of strings")
     out.stop = stop
     top_k = take(options, "top_k", "integer", "options")
-    seed = take(options, "seed", "integer", "options")
+    out.seed = take(options, "seed", "integer", "options")
     openai: dict[str, Any] = {}
-    if seed is not None:
-        openai["seed"] = seed
     for key in ("frequency_penalty", "presence_penalty"):
         value = take(options, key, "number", "options")
         if value is not None:
@@ -226,7 +226,7 @@ def _common(value: object) -> tuple[dict[str, Any], str, bool]:
 
 
 def _request(body: dict[str, Any], model: str, stream: bool, system: str | None, messages: list[c.Message],
-             client_format: str, translated: frozenset[str], tools: list[c.Tool]) -> c.Request:
+             client_format: str, translated: frozenset[str], tools: list[c.Tool], kind: str = c.CHAT) -> c.Request:
     extras: dict[str, Any] = {}
     options = _options(body, extras)
     _think(body, extras)
@@ -240,6 +240,7 @@ def _request(body: dict[str, Any], model: str, stream: bool, system: str | None,
         max_tokens=options.max_tokens,
         temperature=options.temperature,
         top_p=options.top_p,
+        seed=options.seed,
         stop=list(options.stop or []),
         stream=stream,
         response_format=_response_format(body.get("format")),
@@ -247,6 +248,8 @@ def _request(body: dict[str, Any], model: str, stream: bool, system: str | None,
         extras=extras,
         client_format=client_format,
         raw=body,
+        kind=kind,
+        suffix=take(body, "suffix", "string") if kind == c.COMPLETION else None,
     )
 
 
@@ -262,11 +265,10 @@ def parse_chat(body: object) -> c.Request:
 
 
 def parse_generate(body: object) -> c.Request:
+    """A one-turn chat, or, with a `suffix` (fill-in-the-middle) or `raw: true`,
+    a text completion: then an Ollama upstream gets the body as it came
+    (passthrough to its /api/generate) and an openai one a /completions request."""
     body, model, stream = _common(body)
-    if body.get("suffix"):
-        raise errors.BadRequest("suffix (fill-in-the-middle) is not supported by llmrouter's /api/generate yet", param="suffix")
-    if body.get("raw") is True:
-        raise errors.BadRequest("raw is not supported by llmrouter: send the prompt without raw", param="raw")
     if body.get("context"):
         raise errors.BadRequest("context (a deprecated token array) is not supported by llmrouter: use /api/chat for conversations", param="context")
     if body.get("template"):
@@ -274,8 +276,15 @@ def parse_generate(body: object) -> c.Request:
     prompt = take(body, "prompt", "string")
     if not prompt:
         raise bad("prompt", "a non-empty string (llmrouter does not load or unload models)")
+    system = take(body, "system", "string") or None
+    raw = take(body, "raw", "boolean")
+    if take(body, "suffix", "string") or raw:
+        if body.get("images"):
+            raise errors.BadRequest("images cannot be sent with a suffix or raw: a text completion takes text only", param="images")
+        # client_format "ollama": the same format as an Ollama upstream's /api/generate, so it is passed through.
+        return _request(body, model, stream, system, [c.Message("user", [c.Text(prompt)])], "ollama", _GENERATE_FIELDS, [], c.COMPLETION)
     messages = [c.Message("user", [c.Text(prompt), *_images(body)])]
-    return _request(body, model, stream, take(body, "system", "string") or None, messages, "ollama-generate", _GENERATE_FIELDS, [])
+    return _request(body, model, stream, system, messages, "ollama-generate", _GENERATE_FIELDS, [])
 
 
 # --- writing -------------------------------------------------------------------------
@@ -347,6 +356,8 @@ class _Client:
     STREAM_CONTENT_TYPE = STREAM_CONTENT_TYPE
     STREAMS_BY_DEFAULT = STREAMS_BY_DEFAULT
     error_body = staticmethod(error_body)
+
+    FORMAT = "ollama"  # the wire format the log and live views show, for both endpoints
 
     def __init__(self, generate: bool) -> None:
         self.generate = generate

@@ -433,7 +433,7 @@ def _render_body(req: c.Request, model: str, provider: Provider, warnings: list[
     body["stream"] = req.stream
     if req.max_tokens is not None:
         body[_max_tokens_key(req, provider)] = req.max_tokens
-    for key in ("temperature", "top_p"):
+    for key in ("temperature", "top_p", "seed"):
         if getattr(req, key) is not None:
             body[key] = getattr(req, key)
     if req.stop:
