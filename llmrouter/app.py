@@ -27,10 +27,10 @@ from llmrouter.breaker import Breakers
 from llmrouter.bus import EventBus
 from llmrouter.config import Config
 from llmrouter.discovery import Discovery
-from llmrouter.ollama_api import OllamaAPI, is_ollama_path
 from llmrouter.driver import Driver
 from llmrouter.measure import Measurements
 from llmrouter.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
+from llmrouter.ollama_api import OllamaAPI, is_ollama_path
 from llmrouter.pipeline import CLIENT_FORMATS, Context, Exchange, handle
 from llmrouter.reqlog import RequestLog
 from llmrouter.server import HTTPRequest, ProtocolFailure, ResponseWriter, Server

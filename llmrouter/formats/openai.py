@@ -445,7 +445,7 @@ def _render_body(req: c.Request, model: str, provider: Provider, warnings: list[
         body["tool_choice"] = choice if isinstance(choice, str) else {"type": "function", "function": {"name": choice["name"]}}
     if req.response_format is not None:
         body["response_format"] = _response_format_json(req.response_format)
-    for key, value in req.extras.get("openai", {}).items():  # e.g. an Ollama client's seed
+    for key, value in req.extras.get("openai", {}).items():  # e.g. an Ollama client's penalties, reasoning_effort
         body.setdefault(key, value)
     return body
 
