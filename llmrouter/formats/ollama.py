@@ -233,7 +233,8 @@ class Decoder:
 
     Ollama sends each tool call whole in one line, so a call becomes a
     ToolCallStart and a single ToolCallDelta carrying all its arguments. The
-    `done: true` line carries usage and the stop reason.
+    `done: true` line carries usage and the stop reason. /api/generate's
+    decoder (ollama_generate.py) differs only in what a line carries.
     """
 
     def __init__(self, req: c.Request) -> None:
@@ -262,7 +263,19 @@ class Decoder:
         out: list[c.StreamEvent] = []
         if not self.started:
             self.started = True
-            out.append(c.MessageStart(self.req.new_id("ollama-"), str(data.get("model") or "")))
+            out.append(c.MessageStart(self._reply_id(), str(data.get("model") or "")))
+        self._content(data, out)
+        if data.get("done") is True:
+            self.finished = True
+            out.append(c.UsageUpdate(_usage(data)))
+            out.append(c.Stop(_stop(data.get("done_reason"), self.ids.count > 0)))
+        return out
+
+    def _reply_id(self) -> str:
+        return self.req.new_id("ollama-")
+
+    def _content(self, data: dict[str, Any], out: list[c.StreamEvent]) -> None:
+        """A chat line's message: its text, then its whole tool calls."""
         message = _message(data)
         text = message.get("content")
         if isinstance(text, str) and text:
@@ -271,8 +284,3 @@ class Decoder:
         for offset, call in enumerate(self.ids.calls(message)):
             out.append(c.ToolCallStart(first + offset, call.id, call.name))
             out.append(c.ToolCallDelta(first + offset, call.arguments))
-        if data.get("done") is True:
-            self.finished = True
-            out.append(c.UsageUpdate(_usage(data)))
-            out.append(c.Stop(_stop(data.get("done_reason"), self.ids.count > 0)))
-        return out

@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from llmrouter import canonical as c
-from llmrouter import errors, sse
+from llmrouter import errors
 from llmrouter.config import Provider
-from llmrouter.formats import Frame, UpstreamCall, dumps, forwardable_body, ollama, passthrough
-from llmrouter.formats.ollama import _load, _usage
+from llmrouter.formats import UpstreamCall, dumps, forwardable_body, ollama, passthrough
+from llmrouter.formats.ollama import _load, _stop, _usage
 
 FORMAT, KIND = "ollama", c.COMPLETION
 error_message = ollama.error_message
@@ -53,12 +53,6 @@ def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCal
     return UpstreamCall("/api/generate", list(headers.items()), dumps(body).encode(), warnings)
 
 
-def _stop(done_reason: object) -> str:
-    if done_reason in (None, "", "stop"):
-        return "end_turn"
-    return "max_tokens" if done_reason == "length" else "other"
-
-
 def _text(data: dict[str, Any]) -> str:
     text = data.get("response")
     return text if isinstance(text, str) else ""
@@ -74,44 +68,19 @@ def parse_response(data: bytes, req: c.Request) -> c.Response:
         id="",
         model=str(body.get("model") or ""),
         content=[c.Text(_text(body))],
-        stop_reason=_stop(body.get("done_reason")),
+        stop_reason=_stop(body.get("done_reason"), tool_calls=False),
         usage=_usage(body),
     )
 
 
-class Decoder:
-    """/api/generate NDJSON -> canonical text events, one Frame per line."""
+class Decoder(ollama.Decoder):
+    """/api/generate NDJSON -> canonical text events, one Frame per line: a
+    line carries text as `response`, never tool calls."""
 
-    def __init__(self, req: c.Request) -> None:
-        self.splitter = sse.NDJSONSplitter()
-        self.started = False
-        self.finished = False  # a done line or an error line seen
+    def _reply_id(self) -> str:
+        return ""  # the client side makes one from the request's id seed
 
-    def feed(self, data: bytes) -> list[Frame]:
-        return [Frame(line, self._events(line)) for line in self.splitter.feed(data)]
-
-    def close(self) -> list[Frame]:
-        frames = [Frame(line, self._events(line)) for line in self.splitter.close()]
-        if not self.finished:
-            raise errors.UpstreamProtocolError("ollama upstream stream ended without a done line")
-        return frames
-
-    def _events(self, line: bytes) -> list[c.StreamEvent]:
-        data = _load(line, "a stream line")
-        if not isinstance(data, dict):
-            raise errors.UpstreamProtocolError("ollama upstream sent a non-object stream line")
-        if "error" in data:
-            self.finished = True
-            return [c.StreamError(str(data["error"]), 502, "api_error")]
-        out: list[c.StreamEvent] = []
-        if not self.started:
-            self.started = True
-            out.append(c.MessageStart("", str(data.get("model") or "")))
+    def _content(self, data: dict[str, Any], out: list[c.StreamEvent]) -> None:
         text = _text(data)
         if text:
             out.append(c.TextDelta(text))
-        if data.get("done") is True:
-            self.finished = True
-            out.append(c.UsageUpdate(_usage(data)))
-            out.append(c.Stop(_stop(data.get("done_reason"))))
-        return out
