@@ -26,8 +26,17 @@ CHATS = {
     "/v1/chat/completions": b'{"model":"m","messages":[{"role":"user","content":"hi"}]}',
     "/v1/messages": b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}',
     "/v1/responses": b'{"model":"m","input":"hi"}',
+    "/v1/completions": b'{"model":"m","prompt":"def f(","suffix":"return 1"}',
+    "/v1/embeddings": b'{"model":"m","input":"hi"}',
+    "/api/chat": b'{"model":"m","messages":[{"role":"user","content":"hi"}]}',
+    "/api/generate": b'{"model":"m","prompt":"hi"}',
+    "/api/embed": b'{"model":"m","input":"hi"}',
+    "/api/embeddings": b'{"model":"m","prompt":"hi"}',
 }
-GETS = ("/v1/models", "/dashboard", "/dashboard/events", "/health?verbose", "/no/such/route", "/v1/messages/x")
+# Routes answered by the router itself (no pipeline, so no record).
+GETS = ("/v1/models", "/dashboard", "/dashboard/events", "/health?verbose", "/metrics", "/no/such/route", "/v1/messages/x",
+        "/", "/api/tags", "/api/version", "/api/ps")
+POSTS = {"/api/show": b'{"model":"m"}', "/api/pull": b'{"model":"m"}'}
 
 
 def config_for(url: str, server: str = "", log: str = "") -> str:
@@ -61,6 +70,9 @@ def assert_forbidden(path: str, status: int, headers: dict[str, str], body: byte
     assert status == 403, (path, status, body[:200])
     assert headers["content-type"] == "application/json" and "access-control-allow-origin" not in headers
     error = json.loads(body)
+    if path == "/" or path.startswith("/api/"):  # the Ollama probe and API: Ollama's shape
+        assert list(error) == ["error"] and "allowed_hosts" in error["error"], error
+        return
     if path.startswith("/v1/messages"):
         assert error["type"] == "error" and error["error"]["type"] == "permission_error", error
     else:
@@ -95,6 +107,8 @@ def test_forged_host_is_refused_on_every_route_with_one_record_per_chat(tmp_path
                     chats += 1
                 for path in GETS:
                     assert_forbidden(path, *request(port, "GET", path, host, extra))
+                for path, body in POSTS.items():
+                    assert_forbidden(path, *request(port, "POST", path, host, extra, body))
                 # A wrong method is still a refusal of the host first.
                 assert_forbidden("/v1/chat/completions", *request(port, "GET", "/v1/chat/completions", host, extra))
                 chats += 1
