@@ -209,27 +209,26 @@ class _Run:
             quiet_until = self.last_chunk + provider.idle_timeout
         give_up = min(quiet_until, self.deadline)
         keepalive = (cmd.ping_after, functools.partial(self.writer.send, cmd.ping)) if cmd.ping else None
-        with anyio.CancelScope(deadline=anyio.current_time() + max(give_up - time.monotonic(), 0)) as scope:
-            chunk = await stream.read(keepalive)
-        now = time.monotonic()
-        if scope.cancelled_caught:
-            if now >= self.deadline:
-                raise errors.UpstreamTimeout(f"provider '{provider.name}': reply not finished within {provider.total_timeout:g}s")
+        try:
+            chunk = await stream.read(keepalive, give_up)
+        except TimeoutError:
+            if give_up == self.deadline:
+                raise errors.UpstreamTimeout(f"provider '{provider.name}': reply not finished within {provider.total_timeout:g}s") from None
             if self.last_chunk is None:
-                raise errors.UpstreamTimeout(f"provider '{provider.name}': no first chunk within {provider.first_byte_timeout:g}s")
-            raise errors.UpstreamTimeout(f"provider '{provider.name}': no data for {provider.idle_timeout:g}s")
-        self.last_chunk = now
+                raise errors.UpstreamTimeout(f"provider '{provider.name}': no first chunk within {provider.first_byte_timeout:g}s") from None
+            raise errors.UpstreamTimeout(f"provider '{provider.name}': no data for {provider.idle_timeout:g}s") from None
+        self.last_chunk = time.monotonic()
         return chunk
 
     async def read_body(self, limit: int) -> bytes:
         stream = self.stream
         assert stream is not None, "ReadUpstreamBody without an open upstream"
         try:
-            with anyio.CancelScope(deadline=anyio.current_time() + max(self.deadline - time.monotonic(), 0)):
-                return await stream.read_all(limit)
-            raise errors.UpstreamTimeout(  # only reached when the deadline cancelled the read
+            return await stream.read_all(limit, self.deadline)
+        except TimeoutError:
+            raise errors.UpstreamTimeout(
                 f"provider '{stream.provider.name}': reply not finished within {stream.provider.total_timeout:g}s"
-            )
+            ) from None
         finally:
             await self.release()
 

@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import h11
 import httpcore
 
 from llmrouter import errors
@@ -76,6 +77,11 @@ def _translate(provider: Provider, exc: Exception) -> errors.UpstreamError:
     return errors.UpstreamProtocolError(f"provider '{name}': connection failed: {exc or type(exc).__name__}")
 
 
+class _DeadlineReached(httpcore.ReadTimeout):
+    """A read ran into the caller's deadline (`_Socket.deadline`); the
+    caller words the error, it knows which timeout that was."""
+
+
 class _Socket(httpcore.AsyncNetworkStream):
     """A wire (`wire.py`) as httpcore's connections want it.
 
@@ -89,10 +95,12 @@ class _Socket(httpcore.AsyncNetworkStream):
         self.wire = wire
         self._pending: list[bytes] = []
         self.sent = 0
-        # Set by UpstreamStream.read_all for body reads; None otherwise, because
-        # every other read already runs under a deadline of the caller's
-        # (first_byte_timeout around the head, the driver's idle timer around
-        # stream chunks) and a cancel scope per read is not free.
+        # How long a read may wait: `deadline` (time.monotonic()) is the
+        # caller's (the response head's first_byte_timeout, the driver's idle
+        # and total timeouts for the body), `read_timeout` limits each wait of
+        # read_all. Both are plain loop timers in the wire, set only when a
+        # read really waits: a cancel scope per read is not free.
+        self.deadline: float | None = None
         self.read_timeout: float | None = None
         self.keepalive: Keepalive | None = None  # set by UpstreamStream.read for one read
         self._poll: Any = None
@@ -117,24 +125,31 @@ class _Socket(httpcore.AsyncNetworkStream):
             await self._flush()
         if self.keepalive is not None:
             await self._wait_calling_keepalive(*self.keepalive)
-        timeout = self.read_timeout
+        wait = self._wait_limit()
         try:
-            if timeout is None:
-                return await self.wire.read()
-            with anyio.fail_after(timeout):
-                return await self.wire.read()
+            return await self.wire.read(wait)
         except TimeoutError as exc:  # before OSError: TimeoutError is one
-            raise httpcore.ReadTimeout(f"no data for {timeout:g}s") from exc
+            if wait is not None and wait != self.read_timeout:
+                raise _DeadlineReached() from exc
+            raise httpcore.ReadTimeout(f"no data for {wait:g}s") from exc
         except OSError as exc:
             raise httpcore.ReadError(f"reading the response failed: {exc or type(exc).__name__}") from exc
 
+    def _wait_limit(self) -> float | None:
+        wait = self.read_timeout
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            wait = left if wait is None or left < wait else wait
+        return wait
+
     async def _wait_calling_keepalive(self, seconds: float, keepalive: Callable[[], Awaitable[None]]) -> None:
-        wire = self.wire
-        while not (wire.buffered or wire.at_eof):
-            with anyio.move_on_after(seconds):
-                await wire.wait_readable()  # consumes nothing: safe to time out
-            if not (wire.buffered or wire.at_eof):
-                await keepalive()
+        while True:
+            wait = self._wait_limit()
+            if await self.wire.wait_readable(seconds if wait is None else min(seconds, wait)):
+                return
+            if wait is not None and wait <= seconds:
+                raise _DeadlineReached()
+            await keepalive()
 
     async def aclose(self) -> None:
         self._pending.clear()
@@ -356,55 +371,97 @@ class _Pool:
             await self.discard(conn)
 
 
+def _h11_of(http: Any) -> h11.Connection | None:
+    """The h11 connection under one of httpcore's connections (an
+    AsyncHTTPConnection holds its HTTP/1.1 connection once connected);
+    None if a future httpcore keeps it elsewhere."""
+    state = getattr(getattr(http, "_connection", http), "_h11_state", None)
+    return state if isinstance(state, h11.Connection) else None
+
+
 class UpstreamStream:
     """An open upstream response: its head, then body chunks as they arrive.
     `aclose()` must be called (the driver does it in a finally): it hands the
-    connection back to the pool, or closes it if the body was not read to its end."""
+    connection back to the pool, or closes it if the body was not read to its end.
+
+    The body is read from httpcore's own h11 connection, all that has arrived
+    in one pass: httpcore's iterator hands out one HTTP chunk per step, through
+    several generators and context managers per chunk, and a stream whose
+    events come together would take one trip through the driver per event.
+    httpcore still closes the exchange (`aclose` -> its `_response_closed`),
+    which sees the same h11 states either way."""
 
     def __init__(self, provider: Provider, response: httpcore.Response, pool: _Pool, conn: _Conn) -> None:
         self.provider = provider
         self.status = response.status
         self.headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers]
         self._response = response
-        self._chunks: AsyncIterator[bytes] = response.aiter_stream().__aiter__()
+        self._h11 = _h11_of(conn.http)
+        self._chunks: AsyncIterator[bytes] | None = None  # httpcore's iterator, when there is no h11 to read
         self._pool: _Pool | None = pool
         self._conn = conn
         self.done = False
 
-    async def read(self, keepalive: Keepalive | None = None) -> bytes:
-        """The next body chunk, b"" at the end. Raises UpstreamError.
+    async def read(self, keepalive: Keepalive | None = None, deadline: float | None = None) -> bytes:
+        """The body bytes that have arrived (waiting for some if none has),
+        b"" at the end. Raises UpstreamError, or TimeoutError when `deadline`
+        (time.monotonic()) passes first.
 
-        No timer of its own: the caller bounds the wait (the driver's idle
-        timer for streams), so a stream chunk costs no extra cancel scope.
-        `keepalive` is (seconds, callback): while the socket stays quiet that
-        long, the callback is awaited (it sends the client a keep-alive).
-        Cancelling a read closes the response, so a keep-alive cannot be
-        done by timing the read out and reading again."""
+        No timer of its own otherwise: the caller bounds the wait. `keepalive`
+        is (seconds, callback): while the socket stays quiet that long, the
+        callback is awaited (it sends the client a keep-alive). Cancelling a
+        read closes the response, so a keep-alive cannot be done by timing
+        the read out and reading again."""
         if self.done:
             return b""
         socket = self._conn.socket
         if socket is not None:
-            socket.keepalive = keepalive
+            socket.keepalive, socket.deadline = keepalive, deadline
         try:
+            if self._h11 is not None and socket is not None:
+                return await self._read_events(self._h11, socket)
+            if self._chunks is None:
+                self._chunks = self._response.aiter_stream().__aiter__()
             return await self._chunks.__anext__()
         except StopAsyncIteration:
             self.done = True
             return b""
+        except _DeadlineReached:
+            raise TimeoutError() from None
         except _HTTPCORE_ERRORS as exc:
             raise _translate(self.provider, exc) from exc
         finally:
             if socket is not None:
-                socket.keepalive = None
+                socket.keepalive = socket.deadline = None
 
-    async def read_all(self, limit: int) -> bytes:
+    async def _read_events(self, conn: h11.Connection, socket: _Socket) -> bytes:
+        out: list[bytes] = []
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise httpcore.RemoteProtocolError(str(exc)) from exc
+            if type(event) is h11.Data:
+                out.append(event.data)
+            elif event is h11.NEED_DATA:
+                if out:
+                    break
+                conn.receive_data(await socket.read(65536))
+            else:  # EndOfMessage (or the connection closed where that ends the body)
+                self.done = True
+                break
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    async def read_all(self, limit: int, deadline: float | None = None) -> bytes:
         """The whole body; each wait for more data is limited to idle_timeout
-        (a body already received with the head costs no timer at all)."""
+        (a body already received with the head costs no timer at all), the
+        whole read to `deadline` (then TimeoutError)."""
         socket = self._conn.socket
         if socket is not None:
             socket.read_timeout = self.provider.idle_timeout if math.isfinite(self.provider.idle_timeout) else None
         try:
             body = bytearray()
-            while chunk := await self.read():
+            while chunk := await self.read(deadline=deadline):
                 body += chunk
                 if len(body) > limit:
                     raise errors.UpstreamProtocolError(f"provider '{self.provider.name}': response larger than {limit} bytes")

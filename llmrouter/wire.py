@@ -21,6 +21,7 @@ send buffer is above its high-water mark, so a slow reader slows the writer.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -100,30 +101,26 @@ class Wire(asyncio.Protocol):
         """Bytes received and not yet read."""
         return self._size
 
-    async def wait_readable(self) -> None:
-        """Waits until a read would not wait (data or EOF); consumes nothing,
-        so it can be cancelled at any time without losing a byte."""
-        if self._chunks or self.at_eof:
-            return
-        self._reader = asyncio.get_running_loop().create_future()
-        try:
-            await self._reader
-        finally:
-            self._reader = None
+    async def wait_readable(self, timeout: float | None = None) -> bool:
+        """Waits until a read would not wait (data or EOF), at most `timeout`
+        seconds; False when that ran out. Consumes nothing."""
+        if not (self._chunks or self.at_eof):
+            try:
+                await self._wait(timeout)
+            except TimeoutError:
+                return False
+        return True
 
-    async def read(self) -> bytes:
-        """Everything received so far, waiting for some if there is none;
-        b"" at EOF. Raises ConnectionError when the connection broke."""
+    async def read(self, timeout: float | None = None) -> bytes:
+        """Everything received so far, waiting for some if there is none (at
+        most `timeout` seconds, then TimeoutError); b"" at EOF. Raises
+        ConnectionError when the connection broke."""
         while not self._chunks:
             if self.at_eof:
                 if self.error is not None:
                     raise ConnectionResetError(str(self.error) or type(self.error).__name__)
                 return b""
-            self._reader = asyncio.get_running_loop().create_future()
-            try:
-                await self._reader
-            finally:
-                self._reader = None
+            await self._wait(timeout)
         data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks.clear()
         self._size = 0
@@ -131,6 +128,19 @@ class Wire(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
         return data
+
+    async def _wait(self, timeout: float | None) -> None:
+        # A timer only for a wait that really happens, and a plain loop timer
+        # rather than a cancel scope: input that is already here costs none.
+        loop = asyncio.get_running_loop()
+        reader = self._reader = loop.create_future()
+        timer = None if timeout is None or timeout == math.inf else loop.call_later(max(timeout, 0.0), _time_out, reader)
+        try:
+            await reader
+        finally:
+            self._reader = None
+            if timer is not None:
+                timer.cancel()
 
     async def write(self, data: bytes) -> None:
         """Hands `data` to the transport; waits while its send buffer is full.
@@ -166,6 +176,11 @@ class Wire(asyncio.Protocol):
 
     def extra(self, name: str, default: Any = None) -> Any:
         return self.transport.get_extra_info(name, default) if self.transport is not None else default
+
+
+def _time_out(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 async def connect(host: str, port: int) -> Wire:
