@@ -382,7 +382,7 @@ def table(results: dict[str, Any]) -> str:
         "",
         "| conc | direct req/s | router req/s | direct p50 | direct p99 | router p50 | router p99 | added p50 | added p99 | router p99/p50 | router CPU µs/req |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    ] if results["requests"] else []
     for r in results["requests"]:
         d, t = r["direct"], r["router"]
         lines.append(

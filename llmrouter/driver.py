@@ -32,6 +32,7 @@ from llmrouter.commands import (
 )
 from llmrouter.pipeline import CLIENT_FORMATS, Exchange, Pipeline, dump_json
 from llmrouter.upstream import Upstreams, UpstreamStream
+from llmrouter.wire import fair_turn
 
 log = logging.getLogger("llmrouter")
 
@@ -209,6 +210,8 @@ class _Run:
             quiet_until = self.last_chunk + provider.idle_timeout
         give_up = min(quiet_until, self.deadline)
         keepalive = (cmd.ping_after, functools.partial(self.writer.send, cmd.ping)) if cmd.ping else None
+        if stream.held:  # more has arrived, but others have waited long enough
+            await fair_turn()
         try:
             chunk = await stream.read(keepalive, give_up)
         except TimeoutError:

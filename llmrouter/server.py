@@ -26,7 +26,7 @@ import h11
 
 from llmrouter import errors
 from llmrouter.config import ServerConfig
-from llmrouter.wire import Wire
+from llmrouter.wire import Wire, fair_turn
 
 log = logging.getLogger("llmrouter.server")
 
@@ -69,6 +69,7 @@ class ResponseWriter:
         self._conn = conn
         self._head_only = head_only
         self._held = b""  # a response head waiting to go out with its body
+        self._streamed = False  # no content-length: a body sent piece by piece
         self.started = False
         self.finished = False
 
@@ -76,6 +77,11 @@ class ResponseWriter:
         """Holds the head back: it goes out with the first body bytes (one
         write, not two; a stream's head with its first event) or at `end()`."""
         self.started = True
+        self._streamed = True
+        for name, _ in headers:  # a plain loop: no call per header
+            if name == "content-length":
+                self._streamed = False
+                break
         headers = [SERVER_HEADER, *headers]
         if self._conn.server.closing:
             headers.append(("connection", "close"))
@@ -89,6 +95,8 @@ class ResponseWriter:
             data = self._held + self._conn.serialize(h11.Data(data=data)) if data else self._held
             self._held = b""
             await self._conn.write(data)
+            if self._streamed:  # other streams' heads should not wait for this one's body
+                await fair_turn()
         elif data:
             await self._conn.send(h11.Data(data=data))
 

@@ -46,9 +46,12 @@ import httpcore
 from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import UpstreamCall
-from llmrouter.wire import Wire, connect
+from llmrouter.wire import Wire, connect, others_ready
 
 KEEPALIVE_EXPIRY = 30.0  # idle upstream connections older than this are closed
+# Body chunks (a stream's events) handled per read while other tasks are ready,
+# so that a stream whose events all arrived at once does not hold the loop.
+FAIR_SLICE = 8
 Keepalive = tuple[float, Callable[[], Awaitable[None]]]
 
 
@@ -401,6 +404,7 @@ class UpstreamStream:
         self._pool: _Pool | None = pool
         self._conn = conn
         self.done = False
+        self.held = False  # the last read stopped early for fairness: more has arrived
 
     async def read(self, keepalive: Keepalive | None = None, deadline: float | None = None) -> bytes:
         """The body bytes that have arrived (waiting for some if none has),
@@ -436,6 +440,7 @@ class UpstreamStream:
 
     async def _read_events(self, conn: h11.Connection, socket: _Socket) -> bytes:
         out: list[bytes] = []
+        self.held = False
         while True:
             try:
                 event = conn.next_event()
@@ -443,6 +448,11 @@ class UpstreamStream:
                 raise httpcore.RemoteProtocolError(str(exc)) from exc
             if type(event) is h11.Data:
                 out.append(event.data)
+                if len(out) == FAIR_SLICE and others_ready():
+                    # Others are waiting: the rest stays in h11's buffer for
+                    # the next read, which lets them run first.
+                    self.held = True
+                    break
             elif event is h11.NEED_DATA:
                 if out:
                     break

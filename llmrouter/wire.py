@@ -178,6 +178,18 @@ class Wire(asyncio.Protocol):
         return self.transport.get_extra_info(name, default) if self.transport is not None else default
 
 
+def others_ready() -> bool:
+    """True when other tasks or callbacks wait for this loop (asyncio's run
+    queue; always True on a loop that does not show it, such as uvloop)."""
+    return bool(getattr(asyncio.get_running_loop(), "_ready", True))
+
+
+async def fair_turn() -> None:
+    """Lets the other ready tasks run first, if there are any."""
+    if others_ready():
+        await asyncio.sleep(0)
+
+
 def _time_out(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
