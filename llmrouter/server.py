@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -168,15 +169,16 @@ class Connection:
         self.closed = True
         self.wire.close()
 
-    async def _read(self) -> bytes:
+    async def _read(self, timeout: float | None = None) -> bytes:
         try:
-            return await self.wire.read()
+            return await self.wire.read(timeout)
         except ConnectionError:
             return b""
 
-    async def receive(self) -> bool:
-        """Feeds h11 the next bytes; False at EOF or a broken connection."""
-        data = await self._read()
+    async def receive(self, timeout: float | None = None) -> bool:
+        """Feeds h11 the next bytes; False at EOF or a broken connection.
+        Raises TimeoutError when none came within `timeout` seconds."""
+        data = await self._read(timeout)
         self.h11.receive_data(data)
         self.fed += len(data)
         return bool(data)
@@ -215,28 +217,34 @@ class Connection:
         self.head_request = self.in_body = False
         fed_before_head = self.fed - len(self.h11.trailing_data[0])
         first_byte_at: float | None = None
-        idle_deadline = anyio.current_time() + limits.keepalive_timeout
+        idle_deadline = time.monotonic() + limits.keepalive_timeout
         try:
             while True:
                 event = self.h11.next_event()
                 if event is h11.NEED_DATA:
+                    # One wait on a loop timer (wire.read), not a cancel scope:
+                    # an idle keep-alive connection waits for a new request's
+                    # first byte (shutdown() interrupts that wait), a started
+                    # head for the rest of it.
                     idle = self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]
                     if idle:
+                        if self.server.closing:
+                            return None
                         deadline = idle_deadline
+                        self.server.idle(self)
                     else:
-                        first_byte_at = first_byte_at or anyio.current_time()
+                        first_byte_at = first_byte_at or time.monotonic()
                         deadline = first_byte_at + limits.header_timeout
-                    scope = self.server.wait_scope(self, deadline, waiting_for_first_byte=idle)
                     try:
-                        with scope:
-                            alive = await self.receive()
-                    finally:
-                        self.server.waited(self)
-                    if scope.cancelled_caught:
+                        alive = await self.receive(deadline - time.monotonic())
+                    except TimeoutError:
                         if idle:
-                            return None  # idle keep-alive connection: close quietly
+                            return None  # idle keep-alive connection (or shutdown): close quietly
                         await self.refuse(ProtocolFailure(408, "request headers not received in time"))
                         return None
+                    finally:
+                        if idle:
+                            self.server.waited(self)
                     if not alive and self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
                         return None
                     continue
@@ -284,15 +292,15 @@ class Connection:
         if self.h11.they_are_waiting_for_100_continue:
             await self.send(h11.InformationalResponse(status_code=100, headers=[]))
         body = bytearray()
-        deadline = anyio.current_time() + limits.body_timeout  # for the whole body
+        deadline = time.monotonic() + limits.body_timeout  # for the whole body
         while True:
             ev = self.h11.next_event()
             if ev is h11.NEED_DATA:
-                # A timer only around reads: a small body usually came with the
-                # head and needs none (a deadline scope per request is not free).
-                with anyio.CancelScope(deadline=deadline) as scope:
-                    alive = await self.receive()
-                if scope.cancelled_caught:
+                # A timer only for reads that wait: a small body usually came
+                # with the head and needs none.
+                try:
+                    alive = await self.receive(deadline - time.monotonic())
+                except TimeoutError:
                     await self.refuse(ProtocolFailure(408, "request body not received in time", path))
                     return None
                 if not alive:
@@ -383,7 +391,7 @@ class Server:
     limits: ServerConfig
     closing: bool = False
     in_flight: int = 0
-    _idle: dict[Connection, anyio.CancelScope] = field(default_factory=dict)
+    _idle: dict[Connection, Wire] = field(default_factory=dict)
     _drained: anyio.Event | None = None
     _listening: asyncio.AbstractServer | None = None
     _stop: anyio.Event | None = None
@@ -422,8 +430,8 @@ class Server:
             self._listening.close()
         if self._stop is not None:
             self._stop.set()
-        for scope in list(self._idle.values()):
-            scope.cancel()
+        for wire in list(self._idle.values()):
+            wire.interrupt()
 
     async def _drain(self) -> None:
         if self.in_flight:
@@ -441,16 +449,9 @@ class Server:
         if self.in_flight == 0 and self._drained is not None:
             self._drained.set()
 
-    def wait_scope(self, conn: Connection, deadline: float, *, waiting_for_first_byte: bool) -> anyio.CancelScope:
-        """The scope for one wait for request bytes; a connection waiting for
-        a new request's first byte is idle: shutdown() cancels its wait.
-        (Not a @contextmanager: one more generator per request, for nothing.)"""
-        scope = anyio.CancelScope(deadline=deadline)
-        if waiting_for_first_byte:
-            if self.closing:
-                scope.cancel()
-            self._idle[conn] = scope
-        return scope
+    def idle(self, conn: Connection) -> None:
+        """`conn` waits for a new request's first byte: shutdown() ends that wait."""
+        self._idle[conn] = conn.wire
 
     def waited(self, conn: Connection) -> None:
         self._idle.pop(conn, None)

@@ -111,6 +111,11 @@ class Wire(asyncio.Protocol):
                 return False
         return True
 
+    def interrupt(self) -> None:
+        """Ends a wait in read() or wait_readable() as if its time ran out."""
+        if self._reader is not None:
+            _time_out(self._reader)
+
     async def read(self, timeout: float | None = None) -> bytes:
         """Everything received so far, waiting for some if there is none (at
         most `timeout` seconds, then TimeoutError); b"" at EOF. Raises
