@@ -114,18 +114,21 @@ class _Socket(httpcore.AsyncNetworkStream):
         if buffer:
             self._pending.append(buffer)
 
-    async def _flush(self) -> None:
+    async def _flush(self, timeout: float | None) -> None:
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending.clear()
         try:
-            await self.wire.write(data)
+            await self.wire.write(data, timeout)
         except ConnectionError as exc:
             raise httpcore.WriteError(f"sending the request failed: {exc}") from exc
         self.sent += len(data)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         if self._pending:
-            await self._flush()
+            try:
+                await self._flush(None if self.deadline is None else self.deadline - time.monotonic())
+            except TimeoutError:
+                raise _DeadlineReached() from None
         if self.keepalive is not None:
             await self._wait_calling_keepalive(*self.keepalive)
         wait = self._wait_limit()
@@ -198,11 +201,16 @@ class _Socket(httpcore.AsyncNetworkStream):
         return bool(self._poll.poll(0))
 
 
-async def _connect(host: str, port: int, timeout: float | None) -> _Socket:
+async def _connect(host: str, port: int, timeout: float | None, deadline: float | None = None) -> _Socket:
+    limit, by_deadline = timeout, False
+    if deadline is not None and (limit is None or deadline - time.monotonic() < limit):
+        limit, by_deadline = max(deadline - time.monotonic(), 0.0), True
     try:
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(limit):
             wire = await connect(host, port)
     except TimeoutError as exc:
+        if by_deadline:
+            raise _DeadlineReached() from exc
         raise httpcore.ConnectTimeout(f"connect timed out after {timeout:g}s") from exc
     except OSError as exc:
         raise httpcore.ConnectError(str(exc) or "connection refused") from exc
@@ -286,23 +294,39 @@ class _Pool:
         self.opened = 0  # connections ever opened
         self._slots: anyio.Semaphore | None = None
 
-    async def acquire_slot(self) -> None:
+    async def acquire_slot(self, deadline: float | None = None) -> None:
         if self._slots is None:  # made lazily: it must belong to the running loop
             self._slots = anyio.Semaphore(self.size)
         try:
             self._slots.acquire_nowait()  # the common case costs no trip through the event loop
         except anyio.WouldBlock:
-            await self._slots.acquire()
+            if deadline is None:
+                await self._slots.acquire()
+                return
+            with anyio.CancelScope(deadline=anyio.current_time() + deadline - time.monotonic()) as scope:
+                await self._slots.acquire()
+            if scope.cancelled_caught:
+                raise _DeadlineReached() from None
 
     def release_slot(self) -> None:
         assert self._slots is not None
         self._slots.release()
 
-    async def send(self, request: httpcore.Request) -> tuple[_Conn, httpcore.Response]:
-        conn, reused = await self._take()
+    async def send(self, request: httpcore.Request, deadline: float | None) -> tuple[_Conn, httpcore.Response]:
+        """Takes a slot and a connection and sends the request; the head must
+        come by `deadline` (time.monotonic(); None: the caller's scope times it)."""
+        await self.acquire_slot(deadline)
+        try:
+            return await self._send(request, deadline)
+        except BaseException:
+            self.release_slot()
+            raise
+
+    async def _send(self, request: httpcore.Request, deadline: float | None) -> tuple[_Conn, httpcore.Response]:
+        conn, reused = await self._take(deadline)
         sent_before = conn.sent
         try:
-            return conn, await conn.http.handle_async_request(request)
+            return conn, await self._exchange(conn, request, deadline)
         except (httpcore.NetworkError, httpcore.RemoteProtocolError):
             await self.discard(conn)
             if not reused or conn.sent != sent_before:
@@ -312,22 +336,33 @@ class _Pool:
             raise
         # The pooled connection was dead before any byte of the request reached
         # it, so the upstream cannot have seen the request: try a fresh one, once.
-        conn = await self._new()
+        conn = await self._new(deadline)
         try:
-            return conn, await conn.http.handle_async_request(request)
+            return conn, await self._exchange(conn, request, deadline)
         except BaseException:
             await self.discard(conn)
             raise
 
-    async def _take(self) -> tuple[_Conn, bool]:
+    @staticmethod
+    async def _exchange(conn: _Conn, request: httpcore.Request, deadline: float | None) -> httpcore.Response:
+        socket = conn.socket
+        if socket is not None:
+            socket.deadline = deadline  # the socket's timer, not a cancel scope
+        try:
+            return await conn.http.handle_async_request(request)
+        finally:
+            if socket is not None:
+                socket.deadline = None
+
+    async def _take(self, deadline: float | None) -> tuple[_Conn, bool]:
         while self.idle:
             conn = self.idle.pop()
             if conn.http.is_idle() and not conn.http.has_expired():
                 return conn, True
             await self.discard(conn)
-        return await self._new(), False
+        return await self._new(deadline), False
 
-    async def _new(self) -> _Conn:
+    async def _new(self, deadline: float | None) -> _Conn:
         self.open += 1
         try:
             if self.tls:
@@ -337,7 +372,7 @@ class _Pool:
                 )
                 conn = _Conn(http, backend=backend)  # connects (and handshakes) on its first request
             else:
-                socket = await _connect(self.host, self.port, self.connect_timeout)
+                socket = await _connect(self.host, self.port, self.connect_timeout, deadline)
                 http11 = httpcore.AsyncHTTP11Connection(self.origin, socket, keepalive_expiry=KEEPALIVE_EXPIRY)
                 conn = _Conn(_unshared(http11), socket=socket)
         except BaseException:
@@ -521,20 +556,20 @@ class Upstreams:
             # driver's idle timer and read_all.
             extensions={"timeout": {"connect": provider.connect_timeout}},
         )
-        # A bare CancelScope with a deadline: anyio.fail_after is the same
-        # scope wrapped in a generator-based context manager.
-        with anyio.CancelScope(deadline=anyio.current_time() + provider.first_byte_timeout) as scope:
-            try:
-                await pool.acquire_slot()
-                try:
-                    conn, response = await pool.send(request)
-                except BaseException:
-                    pool.release_slot()
-                    raise
-            except _HTTPCORE_ERRORS as exc:
-                raise _translate(provider, exc) from exc
-        if scope.cancelled_caught:
-            raise errors.UpstreamTimeout(f"provider '{provider.name}': no response within {provider.first_byte_timeout:g}s")
+        try:
+            if pool.tls:
+                # The TLS connect happens inside httpcore, on a socket made
+                # there: one cancel scope times connect, handshake and head.
+                with anyio.CancelScope(deadline=anyio.current_time() + provider.first_byte_timeout) as scope:
+                    conn, response = await pool.send(request, None)
+                if scope.cancelled_caught:
+                    raise _DeadlineReached()
+            else:
+                conn, response = await pool.send(request, time.monotonic() + provider.first_byte_timeout)
+        except _DeadlineReached:
+            raise errors.UpstreamTimeout(f"provider '{provider.name}': no response within {provider.first_byte_timeout:g}s") from None
+        except _HTTPCORE_ERRORS as exc:
+            raise _translate(provider, exc) from exc
         return UpstreamStream(provider, response, pool, conn)
 
     async def aclose(self) -> None:

@@ -147,17 +147,24 @@ class Wire(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
 
-    async def write(self, data: bytes) -> None:
-        """Hands `data` to the transport; waits while its send buffer is full.
-        Raises ConnectionError when the connection is gone or the send failed."""
+    async def write(self, data: bytes, timeout: float | None = None) -> None:
+        """Hands `data` to the transport; waits while its send buffer is full
+        (at most `timeout` seconds, then TimeoutError). Raises ConnectionError
+        when the connection is gone or the send failed."""
         if self.lost or self.transport.is_closing():
             raise ConnectionResetError("the connection is closed")
         self.transport.write(data)
         if self.transport.is_closing():  # the send failed: asyncio closes the transport at once
             raise ConnectionResetError("the peer closed the connection")
         while self._writing_paused and not self.lost:
-            self._drainer = asyncio.get_running_loop().create_future()
-            await self._drainer
+            loop = asyncio.get_running_loop()
+            drainer = self._drainer = loop.create_future()
+            timer = None if timeout is None or timeout == math.inf else loop.call_later(max(timeout, 0.0), _time_out, drainer)
+            try:
+                await drainer
+            finally:
+                if timer is not None:
+                    timer.cancel()
         if self.lost:
             raise ConnectionResetError("the connection is closed")
 
