@@ -519,14 +519,24 @@ class UpstreamStream:
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        # Shielded: a cancelled request must still settle its connection.
-        with anyio.CancelScope(shield=True):
-            try:
-                with contextlib.suppress(Exception):
-                    await self._response.aclose()  # httpcore closes the socket unless the exchange completed
-                await pool.put_back(self._conn)
-            finally:
-                pool.release_slot()
+        if isinstance(getattr(self._conn.http, "_state_lock", None), _Unshared):
+            # Nothing in here waits on such a connection (no lock, and closing
+            # a wire does not wait), so cancellation, which strikes only at a
+            # wait, cannot interrupt it: no shield needed.
+            await self._settle(pool)
+        else:
+            # A cancelled request must still settle its connection, and closing
+            # a response can take httpcore's lock (a wait): shielded.
+            with anyio.CancelScope(shield=True):
+                await self._settle(pool)
+
+    async def _settle(self, pool: _Pool) -> None:
+        try:
+            with contextlib.suppress(Exception):
+                await self._response.aclose()  # httpcore closes the socket unless the exchange completed
+            await pool.put_back(self._conn)
+        finally:
+            pool.release_slot()
 
 
 class Upstreams:
