@@ -159,21 +159,22 @@ class _Run:
                 throw = exc  # delivered at the pipeline's `yield`
 
     async def perform(self, cmd: Any) -> Any:
-        if isinstance(cmd, SendBody):
+        kind = cmd.__class__  # compared with `is`: no call per test (commands are final classes)
+        if kind is SendBody:
             await self.writer.send(cmd.data)
-        elif isinstance(cmd, ReadUpstream):
+        elif kind is ReadUpstream:
             return await self.read(cmd)
-        elif isinstance(cmd, OpenUpstream):
+        elif kind is OpenUpstream:
             return await self.open(cmd)
-        elif isinstance(cmd, ReadUpstreamBody):
+        elif kind is ReadUpstreamBody:
             return await self.read_body(cmd.limit)
-        elif isinstance(cmd, StartResponse):
+        elif kind is StartResponse:
             await self.writer.start(cmd.status, cmd.headers)
-        elif isinstance(cmd, EndResponse):
+        elif kind is EndResponse:
             await self.writer.end()
-        elif isinstance(cmd, AbortResponse):
+        elif kind is AbortResponse:
             await self.writer.abort()
-        elif isinstance(cmd, Log):
+        elif kind is Log:
             getattr(log, cmd.level)(cmd.message)
         else:  # a command without a handler is a bug
             raise TypeError(f"unknown command {cmd!r}")
