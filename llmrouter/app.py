@@ -6,11 +6,14 @@ all on `App.shutdown()`; `App.handle` is the HTTP handler the server calls.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import itertools
 import json
 import logging
 import os
 import random
+import re
 import secrets
 import time
 import urllib.parse
@@ -19,12 +22,14 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from llmrouter import errors, events, router
+from llmrouter import errors, events, reload, router
 from llmrouter.breaker import Breakers
 from llmrouter.bus import EventBus
 from llmrouter.config import Config
 from llmrouter.discovery import Discovery
 from llmrouter.driver import Driver
+from llmrouter.measure import Measurements
+from llmrouter.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from llmrouter.pipeline import CLIENT_FORMATS, Context, Exchange, handle
 from llmrouter.reqlog import RequestLog
 from llmrouter.server import HTTPRequest, ProtocolFailure, ResponseWriter, Server
@@ -33,7 +38,7 @@ from llmrouter.upstream import Upstreams
 log = logging.getLogger("llmrouter")
 
 CHAT_ROUTES = {"/v1/chat/completions": "openai", "/v1/messages": "anthropic", "/v1/responses": "responses"}
-GET_ROUTES = ("/health", "/v1/models", "/dashboard", "/dashboard/events")
+GET_ROUTES = ("/health", "/v1/models", "/metrics", "/dashboard", "/dashboard/events")
 KEEPALIVE_EVERY = 15.0
 SUBSCRIBER_BUFFER = 1024
 FEED_SEND_TIMEOUT = 5.0  # a feed subscriber whose socket takes no data this long is cut off
@@ -44,10 +49,13 @@ FEED_BATCH = 256  # events written to a subscriber in one send, at most
 class App:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.bus = EventBus()
+        self.hosts = HostGuard(config.server.host, config.server.allowed_hosts)
+        self.bus = EventBus(_sse)
         self.upstreams = Upstreams(config.providers)
         self.discovery = Discovery(config, self.upstreams)
         self.reqlog = RequestLog(config.logging.path) if config.logging.enabled else None
+        self.metrics = Metrics(config.metrics.model_label)
+        self.measurements = Measurements()  # handed to the Context; a reload carries its providers' entries over
         self.ctx = Context(
             config=config,
             discovered=self.discovery.models,
@@ -56,8 +64,9 @@ class App:
             new_seed=lambda: os.urandom(12).hex(),
             monotonic=time.monotonic,
             breakers=Breakers(config.server.breaker_failures, config.server.breaker_cooldown),
+            measurements=self.measurements,
         )
-        self.driver = Driver(self.upstreams, self.bus.publish, self.reqlog.append if self.reqlog else None, self.ctx.clock_ms)
+        self.driver = self._driver(self.upstreams)
         self.server = Server(self.handle, self.render_failure, config.server)
         self._ids = itertools.count()
         self.stopped = anyio.Event()  # set once run() has drained and closed everything
@@ -65,18 +74,43 @@ class App:
     async def run(self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serves until shutdown() has drained the server; reports the bound port."""
         try:
+            # Bound first, outside any task group: a busy port is a plain OSError.
+            port = await self.server.listen(self.config.server.host, self.config.server.port)
             async with anyio.create_task_group() as background:
                 if self.reqlog is not None:
                     background.start_soon(self.reqlog.run)
                 await self.discovery.first_pass()
                 background.start_soon(self.discovery.refresh_forever)
                 async with anyio.create_task_group() as serving:
-                    port = await serving.start(self.server.serve, self.config.server.host, self.config.server.port)
+                    await serving.start(self.server.serve)
                     task_status.started(port)
                 background.cancel_scope.cancel()  # the request log flushes as it stops
             await self.upstreams.aclose()
         finally:
             self.stopped.set()
+
+    def _driver(self, upstreams: Upstreams) -> Driver:
+        return Driver(upstreams, self.bus.publish, self.reqlog.append if self.reqlog else None, self.ctx.clock_ms, self.observe)
+
+    async def reconfigure(self, config: Config) -> None:
+        """Hot reload (reload.py): `config` serves the requests that start from
+        now on; running ones finish with the context, driver and pools they
+        began with. State kept per provider carries over (reload.carry_over)."""
+        old_config, old_upstreams = self.config, self.upstreams
+        self.upstreams = Upstreams(config.providers, old_upstreams)
+        circuits = reload.carry_over(old_config, config, self.ctx.breakers.circuits)
+        breakers = Breakers(config.server.breaker_failures, config.server.breaker_cooldown, circuits)
+        self.measurements = Measurements(reload.carry_over(old_config, config, self.measurements.providers))
+        # in_flight moves along: requests decrement the context current when they end.
+        self.ctx = dataclasses.replace(self.ctx, config=config, breakers=breakers, measurements=self.measurements, redact=None)
+        self.driver = self._driver(self.upstreams)
+        self.config = config
+        self.hosts = HostGuard(config.server.host, config.server.allowed_hosts)
+        self.server.limits = config.server  # for connections accepted from now on
+        relist = self.discovery.reconfigure(config, self.upstreams)
+        # Everything above happened between two awaits: no request saw half of it.
+        await old_upstreams.retire(self.upstreams)
+        await self.discovery.refresh_all(relist)
 
     def shutdown(self) -> None:
         """Graceful: stop accepting, end event feeds, let in-flight requests finish."""
@@ -96,7 +130,7 @@ class App:
             await self.chat(request, writer, client_format, problem)
             return
         if problem is not None:
-            await self.respond_error(writer, "openai", problem)
+            await self.respond_error(writer, _error_format(path), problem)
             return
         if path in GET_ROUTES and (path.startswith("/dashboard") is False or self.config.server.dashboard):
             if method not in ("GET", "HEAD"):
@@ -106,28 +140,35 @@ class App:
                 await self.health(request, writer)
             elif path == "/v1/models":
                 await self.models(writer)
+            elif path == "/metrics":
+                await self.render_metrics(writer)
             elif path == "/dashboard":
                 await self.dashboard(writer)
             else:
                 await self.event_feed(writer)
             return
-        await self.respond_error(writer, "anthropic" if path.startswith("/v1/messages") else "openai", errors.NotFound(f"no route for {method} {path}"))
+        await self.respond_error(writer, _error_format(path), errors.NotFound(f"no route for {method} {path}"))
 
     def access_problem(self, request: HTTPRequest, client_format: str | None) -> errors.RouterError | None:
         """Refuses what a browser page or an unauthorised caller must not do."""
-        if request.path == "/health":
-            return None
-        origin = request.headers.get("origin")
-        if origin and not _same_or_loopback_origin(origin, request.headers.get("host", "")):
-            return errors.Forbidden(f"requests from origin {origin!r} are not allowed")
+        if request.path == "/health" and "verbose" not in request.query:
+            return None  # the bare liveness answer tells nobody anything
         key = self.config.server.api_key
-        if key:
-            presented = request.headers.get("x-api-key") or _bearer(request.headers.get("authorization", ""))
-            if not presented and request.path.startswith("/dashboard"):
-                # A browser cannot add headers to a page load or an EventSource.
-                presented = urllib.parse.parse_qs(request.query).get("api_key", [None])[0]
-            if not presented or not secrets.compare_digest(presented.encode(), key.encode()):
-                return errors.Unauthorized("missing or invalid API key")
+        keyed = key is not None and _presents_key(request, key)
+        # DNS rebinding: a page whose name the attacker points at 127.0.0.1 is
+        # "same-origin" with the router; only the Host header gives it away.
+        # A caller with the client key is no such page.
+        host = request.headers.get("host", "")
+        if not keyed and not self.hosts.allows(host):
+            return errors.Forbidden(
+                f"requests for host {host!r} are not allowed (DNS-rebinding guard): list it in server.allowed_hosts"
+                + (" or present the client key" if key is not None else "")
+            )
+        origin = request.headers.get("origin")
+        if origin and not _same_or_loopback_origin(origin, host):
+            return errors.Forbidden(f"requests from origin {origin!r} are not allowed")
+        if key is not None and not keyed:
+            return errors.Unauthorized("missing or invalid API key")
         if client_format is not None and request.method == "POST":
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/json" and not ctype.endswith("+json"):
@@ -156,6 +197,25 @@ class App:
         finally:
             self.ctx.in_flight -= 1
 
+    def observe(self, record: dict[str, Any]) -> None:
+        """Feeds a request's `complete` record to the metrics and the live
+        measurements, and publishes the providers' new figures."""
+        self.metrics.observe(record)
+        for name in self.measurements.observe(record):
+            stats = self.measurements.get(name)
+            if stats is not None:
+                self.driver.publish(events.measured(record["ts_ms"], name, stats.to_json()))
+
+    async def render_metrics(self, writer: ResponseWriter) -> None:
+        now = self.ctx.monotonic()
+        states = self.ctx.breakers.snapshot([p.name for p in self.config.providers], now)
+        text = self.metrics.render(
+            in_flight=self.ctx.in_flight,
+            circuits={name: entry["state"] != "closed" for name, entry in states.items()},
+            events_dropped=self.bus.dropped_total,
+        )
+        await writer.respond(200, [("content-type", METRICS_CONTENT_TYPE)], text.encode())
+
     async def health(self, request: HTTPRequest, writer: ResponseWriter) -> None:
         if "verbose" not in request.query:
             await writer.respond(200, [("content-type", "text/plain; charset=utf-8")], b"ok")
@@ -177,6 +237,8 @@ class App:
             "discovered": {k: sorted(v) for k, v in self.discovery.models.items()},
             "events": self.bus.statistics(),
             "breakers": self.ctx.breakers.snapshot([p.name for p in self.config.providers], self.ctx.monotonic()),
+            # Model names come from clients: only where the feed is open too (no client key).
+            "measurements": self.measurements.to_json(),
         }
         await writer.respond(200, [("content-type", "application/json")], json.dumps(body).encode())
 
@@ -204,15 +266,14 @@ class App:
                 data = b": keep-alive\n\n"
                 with anyio.move_on_after(KEEPALIVE_EVERY):
                     try:
-                        event = await sub.receive.receive()
+                        frames = [await sub.receive.receive()]
                     except (anyio.EndOfStream, anyio.ClosedResourceError):
                         break
-                    frames = [_sse(event)]
                     # Whatever else is queued goes out in the same write: one
                     # send per burst, not per event, for each subscriber.
                     while len(frames) < FEED_BATCH:
                         try:
-                            frames.append(_sse(sub.receive.receive_nowait()))
+                            frames.append(sub.receive.receive_nowait())
                         except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                             break
                     dropped = sub.take_dropped()
@@ -237,8 +298,12 @@ class App:
 
     def render_failure(self, failure: ProtocolFailure) -> tuple[list[tuple[str, str]], bytes]:
         err = _status_error(failure.status, failure.message)
-        client_format = "anthropic" if failure.path.startswith("/v1/messages") else "openai"
-        return [("content-type", "application/json")], json.dumps(CLIENT_FORMATS[client_format].error_body(err)).encode()
+        return [("content-type", "application/json")], json.dumps(CLIENT_FORMATS[_error_format(failure.path)].error_body(err)).encode()
+
+
+def _error_format(path: str) -> str:
+    """The error shape for a path that is not a chat route: Anthropic's under /v1/messages."""
+    return "anthropic" if path.startswith("/v1/messages") else "openai"
 
 
 def _status_error(status: int, message: str) -> errors.RouterError:
@@ -252,6 +317,51 @@ def _status_error(status: int, message: str) -> errors.RouterError:
 
 def _sse(event: dict[str, Any]) -> bytes:
     return b"event: " + event["type"].encode() + b"\ndata: " + events.dumps(event).encode() + b"\n\n"
+
+
+def _presents_key(request: HTTPRequest, key: str) -> bool:
+    presented = request.headers.get("x-api-key") or _bearer(request.headers.get("authorization", ""))
+    if not presented and request.path.startswith("/dashboard"):
+        # A browser cannot add headers to a page load or an EventSource.
+        presented = urllib.parse.parse_qs(request.query).get("api_key", [None])[0]
+    return bool(presented) and secrets.compare_digest(presented.encode(), key.encode())
+
+
+class HostGuard:
+    """Which Host headers the router answers: loopback addresses, localhost,
+    the address it listens on and `server.allowed_hosts` (`"*"`: any)."""
+
+    def __init__(self, listen: str, allowed: tuple[str, ...]) -> None:
+        self.any = "*" in allowed
+        self.names = {_normal_host(name) for name in ("localhost", listen, *allowed)}
+
+    def allows(self, header: str) -> bool:
+        if self.any:
+            return True
+        match = _HOST_HEADER.match(header)
+        if match is None:
+            return False
+        name = _normal_host(match.group(1) or match.group(2))
+        if not name:
+            return False
+        if name in self.names:
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
+
+
+# host[:port] or [IPv6][:port]
+_HOST_HEADER = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([^\[\]:]*))(?::[0-9]*)?\Z")
+
+
+def _normal_host(name: str) -> str:
+    name = name.strip("[]").lower()
+    try:
+        return str(ipaddress.ip_address(name))  # one spelling per address (::1 = 0:0::1)
+    except ValueError:
+        return name
 
 
 def _bearer(value: str) -> str | None:

@@ -43,10 +43,15 @@ class Change:
 
 
 class Breakers:
-    def __init__(self, failures: int = 5, cooldown: float = 30.0) -> None:
+    def __init__(self, failures: int = 5, cooldown: float = 30.0, circuits: dict[str, Circuit] | None = None) -> None:
         self.threshold = failures
         self.base = cooldown
-        self._circuits: dict[str, Circuit] = {}
+        # Per provider; a reload hands the surviving providers' circuits on (reload.carry_over).
+        self._circuits: dict[str, Circuit] = {} if circuits is None else circuits
+
+    @property
+    def circuits(self) -> dict[str, Circuit]:
+        return self._circuits
 
     def allow(self, name: str, now: float) -> tuple[bool, Change | None]:
         """Whether a request may try `name` now; an open circuit whose

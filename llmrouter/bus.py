@@ -1,14 +1,15 @@
 """The event bus: fan-out of lifecycle events to live subscribers.
 
-`publish` is synchronous and never waits: each subscriber has its own bounded
-buffer, and a subscriber that falls behind loses events (counted, and told
+`publish` is synchronous and never waits. It encodes an event once (for the
+feed: one SSE frame), however many subscribers get it. Each subscriber has its
+own bounded buffer, and a subscriber that falls behind loses events (counted, and told
 with a `dropped` event once it catches up) instead of slowing requests.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
@@ -17,9 +18,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 class Subscription:
     def __init__(self, buffer: int) -> None:
-        self.send: MemoryObjectSendStream[dict[str, Any]]
-        self.receive: MemoryObjectReceiveStream[dict[str, Any]]
-        self.send, self.receive = anyio.create_memory_object_stream[dict[str, Any]](buffer)
+        self.send: MemoryObjectSendStream[bytes]
+        self.receive: MemoryObjectReceiveStream[bytes]
+        self.send, self.receive = anyio.create_memory_object_stream[bytes](buffer)
         self.dropped = 0  # events lost since the subscriber last caught up
         self.dropped_total = 0
 
@@ -29,18 +30,24 @@ class Subscription:
 
 
 class EventBus:
-    def __init__(self) -> None:
+    def __init__(self, encode: Callable[[dict[str, Any]], bytes]) -> None:
+        self._encode = encode
         self._subscribers: list[Subscription] = []
         self.published = 0
+        self.dropped_total = 0  # events lost by any subscriber, ever (the metrics counter)
 
     def publish(self, event: dict[str, Any]) -> None:
         self.published += 1
+        if not self._subscribers:
+            return
+        data = self._encode(event)
         for sub in self._subscribers:
             try:
-                sub.send.send_nowait(event)
+                sub.send.send_nowait(data)
             except anyio.WouldBlock:
                 sub.dropped += 1
                 sub.dropped_total += 1
+                self.dropped_total += 1
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass  # its reader is gone; unsubscribe() removes it
 

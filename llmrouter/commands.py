@@ -7,6 +7,7 @@ UpstreamError into the generator at that `yield`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,10 +49,15 @@ class UpstreamHead:
 class ReadUpstream:
     """Reply: the next body chunk, b"" at the end. While the upstream is
     quiet, `ping` (a keep-alive in the client's format; b"" for none) goes
-    to the client every `ping_after` seconds."""
+    to the client every `ping_after` seconds. An upstream that sends no
+    stream event for `event_timeout` seconds, however many keep-alive bytes
+    it sends, gets UpstreamTimeout; `progress` says that the previous chunk
+    carried an event (only the pipeline can tell)."""
 
     ping_after: float = 10.0
     ping: bytes = b""
+    event_timeout: float = math.inf
+    progress: bool = False
 
 
 @dataclass(frozen=True)

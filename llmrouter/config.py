@@ -29,7 +29,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 FORMATS = ("openai", "anthropic", "ollama")
-RULE_TYPES = ("prefix", "tag", "price", "latency", "throughput", "fallback", "discover", "random")
+RULE_TYPES = ("prefix", "tag", "price", "latency", "throughput", "fallback", "discover", "random", "least_busy")
 CLASSIFIER_IDS = ("keyword",)
 PLUGIN_IDS = ("response-healing", "pareto-router")
 DEFAULT_PATH = "config.toml"
@@ -55,6 +55,9 @@ class ServerConfig:
     discovery_timeout: float = 2.0
     breaker_failures: int = 5  # consecutive failures that open a provider's circuit
     breaker_cooldown: float = 30.0  # first cool-down of an open circuit (doubles on repeat)
+    stream_idle_timeout: float = 300.0  # longest wait for a stream event; keep-alive bytes do not count
+    # Host names clients may use besides loopback, localhost and `host` (DNS-rebinding guard); "*" = any.
+    allowed_hosts: tuple[str, ...] = ()
     # Resolved from api_key_env; never printed (repr=False).
     api_key: str | None = field(default=None, repr=False, compare=False)
 
@@ -63,6 +66,11 @@ class ServerConfig:
 class LoggingConfig:
     enabled: bool = False
     path: str = "logs/requests.jsonl"  # after ${VAR} and ~ expansion, made absolute by load
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    model_label: bool = False  # a `model` label on GET /metrics series (unbounded cardinality)
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,7 @@ class Provider:
     first_byte_timeout: float = 120.0  # until the response head arrives
     idle_timeout: float = 120.0  # longest silence between two body chunks
     total_timeout: float = 900.0  # the whole exchange
+    ca_bundle: str | None = None  # extra trusted CAs (PEM) for https; absolute after load
     # Resolved from api_key_env at startup; never printed (repr=False).
     api_key: str | None = field(default=None, repr=False, compare=False)
 
@@ -107,6 +116,7 @@ class Rule:
     quality_bias: float = 0.5
     candidates: tuple[Candidate, ...] = ()
     strip_prefix: bool = False  # prefix rules: send the model without model_prefix
+    measured: bool = False  # latency, throughput: rank by live measurements (llmrouter/measure.py)
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,7 @@ class Entry:
 class Config:
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
     providers: tuple[Provider, ...] = ()  # active providers, in config order
     routers: tuple[Rule, ...] = ()
     classifiers: dict[str, Entry] = field(default_factory=dict)
@@ -442,6 +453,23 @@ def _host(value: Any) -> str:
     return value
 
 
+def _allowed_hosts(value: Any) -> tuple[str, ...]:
+    _expect(value, list, "an array of host names")
+    hosts, items = [], []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            items.append((f"[{i}]", f"expected a string, got {_kind(item)}"))
+            continue
+        name = item[1:-1] if item.startswith("[") and item.endswith("]") else item  # [::1] as in a URL
+        try:
+            hosts.append(item if item == "*" else _host(name).lower())
+        except _Bad:
+            items.append((f"[{i}]", 'must be a host name or an IP address (no scheme, port or path), or "*" for any'))
+    if items:
+        raise _Bad(items=items)
+    return tuple(hosts)
+
+
 _SERVER_SPEC: dict[str, Check | None] = {
     "host": _host,
     "port": _int(0, 65535),
@@ -460,6 +488,8 @@ _SERVER_SPEC: dict[str, Check | None] = {
     "discovery_timeout": _timeout,
     "breaker_failures": _int(1),
     "breaker_cooldown": _timeout,
+    "stream_idle_timeout": _timeout,
+    "allowed_hosts": _allowed_hosts,
 }
 
 
@@ -494,7 +524,23 @@ def _server(r: _Reader, raw: Any, environ: Mapping[str, str]) -> ServerConfig:
             r.problem("server.api_key_env", f"${server.api_key_env} is not set; clients could not authenticate")
         server = replace(server, api_key=key or None)
     _check_listen(r, server.host, server.api_key_env is not None, server.allow_unauthenticated, "server.host")
+    r.warnings += host_check_warnings(server)
     return server
+
+
+def host_check_warnings(server: ServerConfig) -> list[str]:
+    """What the DNS-rebinding guard (a check of each request's Host) means
+    for this server. With a client key there is nothing to say: a request
+    that presents it may use any Host, and one that does not is refused anyway."""
+    if server.api_key_env is not None:
+        return []
+    if "*" in server.allowed_hosts:
+        return ['server.allowed_hosts: "*" turns the Host check off and there is no client key: '
+                "any web page can reach the router through DNS rebinding (read the event feed, send chats)"]
+    if not is_loopback(server.host) and not server.allowed_hosts:
+        return [f"server.host: only requests for a loopback address, localhost or '{server.host}' are served (DNS-rebinding guard); "
+                "list the other names and addresses clients use in server.allowed_hosts"]
+    return []
 
 
 _LOGGING_SPEC: dict[str, Check | None] = {"enabled": _bool, "path": _nonempty}
@@ -511,6 +557,8 @@ def _logging(r: _Reader, raw: Any, environ: Mapping[str, str], base_dir: str | N
         r.problem("logging.path", str(exc))
         return log
 
+
+_METRICS_SPEC: dict[str, Check | None] = {"model_label": _bool}
 
 _PROVIDER_SPEC: dict[str, Check | None] = {
     "name": _provider_name,
@@ -529,6 +577,7 @@ _PROVIDER_SPEC: dict[str, Check | None] = {
     "first_byte_timeout": _timeout,
     "idle_timeout": _timeout,
     "total_timeout": _timeout,
+    "ca_bundle": _nonempty,
 }
 _PROVIDER_REQUIRED = ("name", "format", "base_url")
 
@@ -543,7 +592,7 @@ def _link_local(url: str) -> bool:
 
 
 def _providers(
-    r: _Reader, raw: Any, environ: Mapping[str, str]
+    r: _Reader, raw: Any, environ: Mapping[str, str], base_dir: str | None
 ) -> tuple[list[Provider], list[Provider], dict[str, str]]:
     """Returns (active, skipped, every declared name -> format)."""
     active: list[Provider] = []
@@ -574,6 +623,11 @@ def _providers(
                 # Kept even if the table has other problems: rules naming it
                 # should not add a second, misleading error.
                 declared[name] = vals.get("format", "")
+        if "ca_bundle" in vals:
+            try:
+                vals["ca_bundle"] = expand_path(vals["ca_bundle"], environ, base_dir)
+            except ValueError as exc:
+                r.problem(f"{path}.ca_bundle", str(exc))
         if len(r.problems) > before:
             continue
         provider = Provider(**vals)
@@ -600,11 +654,12 @@ _RULE_KEYS: dict[str, tuple[str, ...]] = {
     "prefix": ("model_prefix", "provider", "rewrite_model", "strip_prefix"),
     "tag": ("tag", "provider", "rewrite_model"),
     "price": ("providers", "max_cost_per_1m_tokens"),
-    "latency": ("providers", "max_latency_ms"),
-    "throughput": ("providers", "min_tokens_per_sec"),
+    "latency": ("providers", "max_latency_ms", "measured"),
+    "throughput": ("providers", "min_tokens_per_sec", "measured"),
     "fallback": ("providers", "quality_bias", "rewrite_model"),
     "discover": ("provider",),
     "random": ("providers", "rewrite_model", "candidates"),
+    "least_busy": ("providers",),
 }
 _RULE_REQUIRED = {"prefix": ("model_prefix", "provider"), "tag": ("tag", "provider"), "discover": ("provider",)}
 _RULE_CHECKS: dict[str, Check | None] = {
@@ -619,6 +674,7 @@ _RULE_CHECKS: dict[str, Check | None] = {
     "max_latency_ms": _float(ge=0),
     "min_tokens_per_sec": _float(ge=0),
     "quality_bias": _float(),
+    "measured": _bool,
     "candidates": None,  # checked by _candidates, which needs the path
 }
 
@@ -799,7 +855,7 @@ def _check_entries(r: _Reader, plugins: dict[str, Entry], declared: Mapping[str,
 
 
 _TOP_SPEC: dict[str, Check | None] = dict.fromkeys(
-    ("server", "logging", "providers", "routers", "classifiers", "plugins")
+    ("server", "logging", "metrics", "providers", "routers", "classifiers", "plugins")
 )
 
 
@@ -808,15 +864,17 @@ def parse(
 ) -> Config:
     """Validate the TOML document `data` into a Config, or raise ConfigError
     listing every problem. `environ` supplies API keys and ${VAR}s in
-    logging.path; `base_dir` anchors a relative logging.path (the config
-    file's directory; None leaves it relative to the working directory)."""
+    logging.path and ca_bundle; `base_dir` anchors a relative logging.path
+    or ca_bundle (the config file's directory; None leaves it relative to the
+    working directory)."""
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: expected a TOML document (a table), got {_kind(data)}"])
     r = _Reader(source)
     top = r.table("", data, _TOP_SPEC) or {}
     server = _server(r, top.get("server", {}), environ)
     log = _logging(r, top.get("logging"), environ, base_dir)
-    active, skipped, declared = _providers(r, top.get("providers"), environ)
+    metrics = MetricsConfig(**(r.table("metrics", top["metrics"], _METRICS_SPEC) or {})) if "metrics" in top else MetricsConfig()
+    active, skipped, declared = _providers(r, top.get("providers"), environ, base_dir)
     routers = _routers(r, top.get("routers"), declared)
     classifiers = _entries(r, "classifiers", top.get("classifiers"), CLASSIFIER_IDS)
     plugins = _entries(r, "plugins", top.get("plugins"), PLUGIN_IDS)
@@ -826,6 +884,7 @@ def parse(
     return Config(
         server=server,
         logging=log,
+        metrics=metrics,
         providers=tuple(active),
         routers=routers,
         classifiers=classifiers,
@@ -856,7 +915,8 @@ def override_listen(config: Config, *, host: str | None = None, port: int | None
         server = replace(server, host=host)
     if problems:
         raise ConfigError(problems)
-    return replace(config, server=server)
+    warnings = [w for w in config.warnings if w not in host_check_warnings(config.server)] + host_check_warnings(server)
+    return replace(config, server=server, warnings=tuple(warnings))
 
 
 # ---------------------------------------------------------------------------
@@ -896,7 +956,33 @@ def load(path: str | None, *, environ: Mapping[str, str]) -> Config:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}"]) from None
     base_dir = os.path.dirname(os.path.abspath(path))
-    return parse(_read_toml(raw, path), source=path, environ=environ, base_dir=base_dir)
+    data = _read_toml(raw, path)
+    config = parse(data, source=path, environ=environ, base_dir=base_dir)
+    problems = _ca_bundle_problems(config, data["providers"])
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _ca_bundle_problems(config: Config, raw_providers: list) -> list[str]:
+    """Each ca_bundle must be a readable PEM file of certificates: a typo is
+    found at startup, not at the first https request."""
+    by_name = {p.name: p for p in (*config.providers, *config.skipped_providers) if p.ca_bundle}
+    problems = []
+    for i, item in enumerate(raw_providers):
+        provider = by_name.get(item["name"])
+        if provider is None:
+            continue
+        import ssl  # only when a ca_bundle is configured
+
+        where = f"{config.source}: providers[{i}].ca_bundle"
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=provider.ca_bundle)
+        except ssl.SSLError:  # before OSError, of which it is a kind
+            problems.append(f"{where}: {provider.ca_bundle} holds no PEM certificate")
+        except OSError as exc:
+            problems.append(f"{where}: cannot read {provider.ca_bundle}: {exc.strerror or exc}")
+    return problems
 
 
 # ---------------------------------------------------------------------------
@@ -930,12 +1016,15 @@ def _rule_line(rule: Rule) -> str:
     if rule.type == "price":
         limit = f", max cost {rule.max_cost_per_1m_tokens:g}/1M tokens" if rule.max_cost_per_1m_tokens is not None else ""
         return f"price: cheapest{over}{limit}"
+    live = " (measured live)" if rule.measured else ""
     if rule.type == "latency":
         limit = f", max {rule.max_latency_ms:g} ms" if rule.max_latency_ms is not None else ""
-        return f"latency: fastest to answer{over}{limit}"
+        return f"latency: fastest to answer{live}{over}{limit}"
     if rule.type == "throughput":
         limit = f", min {rule.min_tokens_per_sec:g} tokens/s" if rule.min_tokens_per_sec is not None else ""
-        return f"throughput: most tokens/s{over}{limit}"
+        return f"throughput: most tokens/s{live}{over}{limit}"
+    if rule.type == "least_busy":
+        return f"least_busy: fewest requests in flight{over}"
     if rule.type == "fallback":
         return f"fallback: best quality/cost (quality_bias {rule.quality_bias:g}){over}{model}"
     if rule.candidates:
@@ -949,6 +1038,17 @@ def _key_status(p: Provider, skipped: bool) -> str:
         return "no key"
     state = "set" if p.api_key else "missing"
     return f"key from ${p.api_key_env}: {state}" + (" (skipped: strict = true)" if skipped else "")
+
+
+def _hosts_line(s: ServerConfig) -> str:
+    if "*" in s.allowed_hosts:
+        return 'any (allowed_hosts = ["*"]: the Host check is off)'
+    names = ["loopback addresses", "localhost"]
+    if not is_loopback(s.host):
+        names.append(s.host)
+    names += s.allowed_hosts
+    keyed = "; any host with the client key" if s.api_key_env else ""
+    return ", ".join(names) + keyed
 
 
 def describe(config: Config) -> str:
@@ -965,8 +1065,10 @@ def describe(config: Config) -> str:
     lines = [
         f"config: {config.source}",
         f"listen: {url} ({bound}{auth})",
+        f"allowed hosts: {_hosts_line(s)}",
         f"dashboard: {url + '/dashboard' if s.dashboard else 'off'}",
         f"request log: {config.logging.path if config.logging.enabled else 'off'}",
+        f"metrics: {url}/metrics" + (" (with model labels)" if config.metrics.model_label else ""),
         f"providers ({len(config.providers)} active):",
     ]
     rows = [(p, False) for p in config.providers] + [(p, True) for p in config.skipped_providers]
@@ -974,6 +1076,7 @@ def describe(config: Config) -> str:
     url_width = max((len(p.base_url) for p, _ in rows), default=0)
     for p, skipped in rows:
         extra = f"; extra headers: {', '.join(n for n, _ in p.headers)}" if p.headers else ""
+        extra += f"; also trusts the CAs in {p.ca_bundle}" if p.ca_bundle else ""
         lines.append(f"  {p.name:<{width}}  {p.format:<9}  {p.base_url:<{url_width}}  {_key_status(p, skipped)}{extra}")
     lines.append(f"routers ({len(config.routers)}, first match wins):")
     lines += [f"  {i}. {_rule_line(rule)}" for i, rule in enumerate(config.routers, 1)]

@@ -20,12 +20,31 @@ log = logging.getLogger("llmrouter.discovery")
 
 class Discovery:
     def __init__(self, config: Config, upstreams: Upstreams) -> None:
+        self.providers: list[Provider] = []
+        self.models: dict[str, frozenset[str]] = {}  # read by the router
+        self._down: set[str] = set()  # providers already reported unreachable
+        self.reconfigure(config, upstreams)
+
+    def reconfigure(self, config: Config, upstreams: Upstreams) -> list[Provider]:
+        """After a reload: forgets the models of removed and changed Ollama
+        providers and returns the ones to list now (new or changed). The
+        `models` dict stays the same object: routing contexts hold it."""
+        before = {p.name: p for p in self.providers}
         self.providers = [p for p in config.providers if p.format == "ollama"]
         self.timeout = config.server.discovery_timeout
         self.interval = config.server.discovery_interval
         self.upstreams = upstreams
-        self.models: dict[str, frozenset[str]] = {}  # read by the router
-        self._down: set[str] = set()  # providers already reported unreachable
+        fresh = [p for p in self.providers if before.get(p.name) != p]
+        keep = {p.name for p in self.providers} - {p.name for p in fresh}
+        for name in set(self.models) - keep:
+            del self.models[name]
+        self._down &= keep
+        return fresh
+
+    async def refresh_all(self, providers: list[Provider] | None = None) -> None:
+        async with anyio.create_task_group() as tg:
+            for provider in self.providers if providers is None else providers:
+                tg.start_soon(self.refresh, provider)
 
     async def first_pass(self) -> None:
         await self.refresh_all()
@@ -34,11 +53,6 @@ class Discovery:
         while True:
             await anyio.sleep(self.interval)
             await self.refresh_all()
-
-    async def refresh_all(self) -> None:
-        async with anyio.create_task_group() as tg:
-            for provider in self.providers:
-                tg.start_soon(self.refresh, provider)
 
     async def refresh(self, provider: Provider) -> None:
         headers = [("accept", "application/json")]

@@ -53,11 +53,13 @@ class Driver:
         publish: Callable[[dict[str, Any]], None],
         log_record: Callable[[str], None] | None,
         clock_ms: Callable[[], int],
+        observe: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.upstreams = upstreams
         self.publish = publish
         self.log_record = log_record
         self.clock_ms = clock_ms
+        self.observe = observe  # takes each `complete` record after it is published (metrics, measurements)
 
     async def run(self, pipeline: Pipeline, ex: Exchange, writer: ResponseWriter, started: float) -> None:
         """Runs one request to its end. Cancellation (client gone) propagates
@@ -84,6 +86,8 @@ class Driver:
         self.publish(record)
         if self.log_record is not None:
             self.log_record(events.dumps(record))
+        if self.observe is not None:
+            self.observe(record)
 
 
 async def _read_error_body(stream: UpstreamStream) -> bytes:
@@ -134,6 +138,7 @@ class _Run:
         self.deadline = math.inf
         self.opened_at = 0.0
         self.last_chunk: float | None = None  # None until the first body chunk
+        self.last_event = 0.0  # when the last chunk that carried a stream event arrived
 
     async def loop(self) -> None:
         try:
@@ -191,6 +196,7 @@ class _Run:
             raise errors.UpstreamConnectError(exc.message) from exc
         self.deadline = time.monotonic() + cmd.provider.total_timeout
         self.last_chunk = None
+        self.last_event = self.opened_at
         if 200 <= stream.status < 300:
             self.stream = stream
             return UpstreamHead(stream.status, stream.headers)
@@ -209,15 +215,24 @@ class _Run:
             quiet_until = self.opened_at + provider.first_byte_timeout
         else:
             quiet_until = self.last_chunk + provider.idle_timeout
-        give_up = min(quiet_until, self.deadline)
+        if cmd.progress and self.last_chunk is not None:
+            self.last_event = self.last_chunk
+        # Keep-alive bytes restart quiet_until but not this one.
+        events_until = self.last_event + cmd.event_timeout
+        give_up = min(quiet_until, self.deadline, events_until)
         keepalive = (cmd.ping_after, functools.partial(self.writer.send, cmd.ping)) if cmd.ping else None
         if stream.held:  # more has arrived, but others have waited long enough
             await fair_turn()
         try:
+            # Checked before reading too: a read of bytes already buffered may return without waiting.
+            if time.monotonic() >= give_up:
+                raise TimeoutError
             chunk = await stream.read(keepalive, give_up)
         except TimeoutError:
             if give_up == self.deadline:
                 raise errors.UpstreamTimeout(f"provider '{provider.name}': reply not finished within {provider.total_timeout:g}s") from None
+            if give_up == events_until:
+                raise errors.UpstreamTimeout(f"provider '{provider.name}': no stream event for {cmd.event_timeout:g}s, only keep-alives") from None
             if self.last_chunk is None:
                 raise errors.UpstreamTimeout(f"provider '{provider.name}': no first chunk within {provider.first_byte_timeout:g}s") from None
             raise errors.UpstreamTimeout(f"provider '{provider.name}': no data for {provider.idle_timeout:g}s") from None

@@ -59,6 +59,27 @@ def breaker(ts_ms: int, provider: str, state: str, failures: int, cooldown_s: fl
     }
 
 
+def reload(ts_ms: int, ok: bool, source: str, problems: list[str], restart_needed: list[str], added: list[str], removed: list[str], changed: list[str]) -> dict[str, Any]:
+    """The config was re-read (SIGHUP): applied (`ok`) or refused with its problems."""
+    return {
+        "type": "reload",
+        "v": SCHEMA_VERSION,
+        "ts_ms": ts_ms,
+        "ok": ok,
+        "source": source,
+        "problems": list(problems),
+        "restart_needed": list(restart_needed),
+        "added": list(added),
+        "removed": list(removed),
+        "changed": list(changed),
+    }
+
+
+def measured(ts_ms: int, provider: str, figures: dict[str, Any]) -> dict[str, Any]:
+    """A provider's live measurements changed (llmrouter/measure.py); not tied to one request."""
+    return {"type": "measured", "v": SCHEMA_VERSION, "ts_ms": ts_ms, "provider": provider, **figures}
+
+
 @dataclass
 class Attempt:
     provider: str
@@ -67,6 +88,7 @@ class Attempt:
     status: int | None = None
     duration_ms: int = 0
     error: str | None = None
+    first_token_ms: int | None = None  # streams: from sending the request to the first chunk
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +97,7 @@ class Attempt:
             "outcome": self.outcome,
             "status": self.status,
             "duration_ms": self.duration_ms,
+            "first_token_ms": self.first_token_ms,
             "error": self.error,
         }
 
@@ -151,6 +174,8 @@ REQUIRED = {
     "routed": {"id": int, "ts_ms": int, "provider": str, "model": str},
     "complete": {"id": int, "ts_ms": int, "requested_model": str, "sent_model": str, "duration_ms": int, "tags": list, "plugins": list, "messages": list},
     "dropped": {"count": int},
+    "reload": {"ts_ms": int, "ok": bool},
+    "measured": {"ts_ms": int, "provider": str, "samples": int, "in_flight": int},
 }
 
 

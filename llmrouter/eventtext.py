@@ -95,3 +95,31 @@ def attempts_text(event: dict[str, Any]) -> str | None:
         mark = "ok" if a.get("outcome") == "ok" else f"failed {a.get('status') or clean(a.get('error') or '')}".rstrip()
         steps.append(f"{a.get('provider')}/{a.get('model')} {mark} ({a.get('duration_ms', 0)}ms)")
     return " → ".join(steps)
+
+
+def reload_text(event: dict[str, Any]) -> str:
+    """One line about a `reload` event (watch, tui)."""
+    if not event.get("ok"):
+        problems = [clean(p) for p in event.get("problems") or []]
+        return f"config reload refused, nothing changed ({len(problems)} problem(s)){': ' + problems[0] if problems else ''}"
+    parts = [f"config reloaded from {clean(event.get('source'))}"]
+    parts += [f"{key}: {', '.join(clean(n) for n in event[key])}" for key in ("added", "removed", "changed") if event.get(key)]
+    if event.get("restart_needed"):
+        parts.append(f"needs a restart: {', '.join(clean(n) for n in event['restart_needed'])}")
+    return "; ".join(parts)
+
+
+def measured_text(event: dict[str, Any]) -> str:
+    """A `measured` event's live figures, in one line (watch --stats, tui)."""
+
+    def figure(key: str, unit: str) -> str:
+        value = event.get(key)
+        return f"{value:.0f}{unit}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+
+    rate = event.get("error_rate")
+    errors = f"{rate * 100:.0f}%" if isinstance(rate, (int, float)) and not isinstance(rate, bool) else "–"
+    return f"{_count(event.get('in_flight'))} in flight · ttft {figure('ttft_ms', 'ms')} · {figure('tokens_per_sec', ' tok/s')} · {errors} err · {_count(event.get('samples'))} samples"
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -35,6 +35,7 @@ from llmrouter.commands import (
     UpstreamHead,
 )
 from llmrouter.config import Config
+from llmrouter.measure import Measurements
 from llmrouter.redact import Redactor
 from llmrouter.formats import anthropic, ollama, openai, responses
 
@@ -74,6 +75,7 @@ class Context:
     monotonic: Callable[[], float] = lambda: 0.0
     in_flight: int = 0
     breakers: breaker.Breakers = field(default_factory=breaker.Breakers)
+    measurements: Measurements = field(default_factory=Measurements)  # live figures the rules rank by
     # Removes configured keys from upstream error text (built from the config when not given).
     redact: Callable[[str], str] | None = None
 
@@ -99,6 +101,7 @@ class Exchange:
     collector: canonical.ResponseCollector | None = None  # what a stream carried so far
     raw_reply: bytes | None = None  # an upstream body forwarded unchanged
     refusal: errors.RouterError | None = None  # refused before routing (access rules, method)
+    first_chunk_at: float | None = None  # ctx.monotonic() at the current attempt's first stream chunk
 
 
 def handle(ctx: Context, ex: Exchange) -> Pipeline:
@@ -198,7 +201,7 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
     tried: set[str] = set()
     skipped: list[str] = []  # providers whose circuit is open
     last_error: errors.UpstreamError | None = None
-    for decision in router.decisions(req, ctx.config, ctx.discovered, ctx.rng):
+    for decision in router.decisions(req, ctx.config, ctx.discovered, ctx.rng, ctx.measurements):
         name = decision.provider.name
         if name in tried or name in skipped:
             continue
@@ -215,6 +218,7 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
         attempt = events.Attempt(name, decision.model)
         rec.attempts.append(attempt)
         started = ctx.monotonic()
+        ctx.measurements.started(name, decision.model)
         try:
             yield from _call(ctx, ex, client, req, state, decision)
         except errors.UpstreamError as err:
@@ -228,8 +232,11 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
             continue
         finally:
             ctx.breakers.abandon(name)  # ended without an outcome (client gone): free a probe slot
+            ctx.measurements.ended(name, decision.model)
         attempt.outcome, attempt.status = "ok", 200
         attempt.duration_ms = round((ctx.monotonic() - started) * 1000)
+        if req.stream and ex.first_chunk_at is not None:
+            attempt.first_token_ms = round((ex.first_chunk_at - started) * 1000)
         yield from _breaker_outcome(ctx, name, 200)
         return
     if last_error is not None:
@@ -307,17 +314,25 @@ def _relay_stream(
     collector = ex.collector = canonical.ResponseCollector(decision.model)
     collect = collector.add
     started = ctx.monotonic()
+    ex.first_chunk_at = None
+    event_timeout = ctx.config.server.stream_idle_timeout
+    progress = False
     while True:
         # Before its head, nothing can go to the client, keep-alives included.
-        chunk = yield ReadUpstream(PING_AFTER, encoder.ping() if ex.response_started else b"")
+        chunk = yield ReadUpstream(PING_AFTER, encoder.ping() if ex.response_started else b"", event_timeout, progress)
+        if ex.first_chunk_at is None:
+            ex.first_chunk_at = ctx.monotonic()
         if rec.first_byte_ms is None:
-            rec.first_byte_ms = round((ctx.monotonic() - started) * 1000)
+            rec.first_byte_ms = round((ex.first_chunk_at - started) * 1000)
         # Every frame that arrived is handled in this one pass and goes out in
         # one write; only an error event stops the pass.
         out: list[bytes] = []
         failure: canonical.StreamError | None = None
+        progress = False  # comments, pings and blank lines are not progress
         for frame in decoder.feed(chunk) if chunk else decoder.close():
             events = frame.events
+            if events:
+                progress = True
             for event in events:
                 if event.__class__ is canonical.StreamError:
                     # An upstream may quote the key it was sent in its error.

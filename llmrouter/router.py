@@ -7,7 +7,9 @@ order; inside a rule the order is the rule's own ranking (cheapest first,
 fastest first, best score first, random draws without replacement). Only
 active providers (those in `config.providers`) are ever yielded.
 
-Pure: the caller passes the discovered model sets and the random generator.
+Pure: the caller passes the discovered model sets, the random generator and
+the live measurements (`measure.Measurements`, or any mapping of provider name
+to `measure.Stats`) that `measured` rules and `least_busy` rank by.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Collection, Iterable, Iterator, Mapping, Protocol
 from . import errors
 from .canonical import Request
 from .config import Config, Provider, Rule
+from .measure import MIN_SAMPLES, Stats
 
 FORCED = "forced"  # rule_type of a decision made by a plugin, not by a rule
 
@@ -71,6 +74,13 @@ class Rng(Protocol):
     def randrange(self, stop: int, /) -> int: ...
 
 
+class Live(Protocol):
+    """The live measurements the measured and least_busy rules rank by
+    (a measure.Measurements, or any mapping of provider name to Stats)."""
+
+    def get(self, provider: str) -> Stats | None: ...
+
+
 def _draw(pool: list, rng: Rng) -> Iterator:
     """Uniform draws without replacement, made only as the caller asks for more."""
     pool = list(pool)
@@ -84,6 +94,7 @@ def _rule_decisions(
     active: Mapping[str, Provider],
     discovered: Mapping[str, Collection[str]],
     rng: Rng,
+    measured: Live,
 ) -> Iterator[tuple[str, str]]:
     """(provider name, model) pairs for one rule, best first; names are active."""
     model = req.model
@@ -119,8 +130,56 @@ def _rule_decisions(
                     yield name, target
     else:
         names = _candidates(rule, active)
-        for name in _metric_order(rule, names, active):
+        # Ranked once, when the rule is reached: its fallbacks keep that order.
+        if kind == "least_busy":
+            order = sorted(names, key=lambda n: _in_flight(measured.get(n)))
+        elif rule.measured:
+            order = _live_order(rule, names, active, measured)
+        else:
+            order = _metric_order(rule, names, active)
+        for name in order:
             yield name, target if kind == "fallback" else model
+
+
+def _in_flight(stats: Stats | None) -> int:
+    return 0 if stats is None else stats.in_flight
+
+
+# The live figure of each measured rule, the declared one that stands in for
+# it until samples exist, and whether higher is better.
+_LIVE = {
+    "latency": ("ttft_ms", "latency_ms", False),
+    "throughput": ("tokens_per_sec", "throughput_tokens_per_sec", True),
+}
+
+
+def _live_order(rule: Rule, names: list[str], active: Mapping[str, Provider], measured: Live) -> list[str]:
+    """Candidates with fewer than MIN_SAMPLES samples first (list order), so
+    that each gets measured; then the measured ones, best live figure first.
+    Thresholds apply to the live figure, or to the declared one until then."""
+    live_key, declared_key, highest = _LIVE[rule.type]
+    fresh: list[str] = []
+    figure: dict[str, float] = {}
+    for name in names:
+        stats = measured.get(name)
+        value = None
+        if stats is None or stats.samples < MIN_SAMPLES:
+            fresh.append(name)
+        else:
+            value = getattr(stats, live_key)  # None: measured, but the upstream reports no usage
+        if value is None:
+            value = getattr(active[name], declared_key)
+        if value is not None:
+            figure[name] = value
+    passing = [n for n in names if n not in figure or _within(rule, figure[n])]
+    known = [n for n in passing if n not in fresh]
+    return [n for n in passing if n in fresh] + _ranked(known, figure, highest=highest) + [n for n in known if n not in figure]
+
+
+def _within(rule: Rule, value: float) -> bool:
+    if rule.max_latency_ms is not None and not value <= rule.max_latency_ms:
+        return False
+    return rule.min_tokens_per_sec is None or value >= rule.min_tokens_per_sec
 
 
 def _metric_order(rule: Rule, names: list[str], active: Mapping[str, Provider]) -> list[str]:
@@ -178,6 +237,7 @@ def decisions(
     config: Config,
     discovered: Mapping[str, Collection[str]],
     rng: Rng,
+    measured: Live | None = None,
 ) -> Iterator[Decision]:
     """Yield the routes for `req`, best first, lazily.
 
@@ -194,8 +254,9 @@ def decisions(
         yield from _forced(req, active)
         return
     routed = False
+    live = measured if measured is not None else {}
     for index, rule in enumerate(config.routers):
-        for name, model in _rule_decisions(rule, req, active, discovered, rng):
+        for name, model in _rule_decisions(rule, req, active, discovered, rng, live):
             routed = True
             yield Decision(active[name], model, index, rule.type)
     if not routed:
@@ -250,6 +311,6 @@ def check_rules(config: Config) -> list[str]:
             if free:
                 out.append(f"{where}: {', '.join(free)} declare no cost_per_1m_tokens and count as free")
         metric = {"latency": "latency_ms", "throughput": "throughput_tokens_per_sec"}.get(rule.type)
-        if metric and names and all(getattr(active[n], metric) is None for n in names):
+        if metric and not rule.measured and names and all(getattr(active[n], metric) is None for n in names):
             out.append(f"{where}: no candidate declares {metric}; this rule never matches")
     return out

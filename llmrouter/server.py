@@ -394,27 +394,40 @@ class Server:
     in_flight: int = 0
     _idle: dict[Connection, Wire] = field(default_factory=dict)
     _drained: anyio.Event | None = None
-    _listening: asyncio.AbstractServer | None = None
+    _listening: asyncio.Server | None = None
+    _connections: anyio.abc.TaskGroup | None = None
     _stop: anyio.Event | None = None
 
-    async def serve(self, host: str, port: int, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Listens until `shutdown()`, then drains in-flight requests and returns."""
+    async def listen(self, host: str, port: int) -> int:
+        """Binds the listening socket and returns its port; raises OSError
+        (port in use, address not this machine's) before anything else
+        starts. Connections wait in the backlog until `serve()`."""
         loop = asyncio.get_running_loop()
+        self._listening = await loop.create_server(
+            lambda: Wire(self._accepted), host, port, backlog=LISTEN_BACKLOG, start_serving=False
+        )
+        return self._listening.sockets[0].getsockname()[1]
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Accepts on the bound socket until `shutdown()`, then drains in-flight requests and returns."""
+        assert self._listening is not None, "listen() first"
         self._stop = anyio.Event()
         async with anyio.create_task_group() as connections:
-
-            def accepted(wire: Wire) -> None:
-                connections.start_soon(self._firewall, wire)
-
-            self._listening = await loop.create_server(lambda: Wire(accepted), host, port, backlog=LISTEN_BACKLOG)
+            self._connections = connections
             try:
-                task_status.started(self._listening.sockets[0].getsockname()[1])
+                if not self.closing:
+                    await self._listening.start_serving()
+                task_status.started()
                 if not self.closing:
                     await self._stop.wait()
             finally:
                 self._listening.close()
             await self._drain()
             connections.cancel_scope.cancel()
+
+    def _accepted(self, wire: Wire) -> None:
+        assert self._connections is not None
+        self._connections.start_soon(self._firewall, wire)
 
     async def _firewall(self, wire: Wire) -> None:
         conn = Connection(self, wire)

@@ -17,7 +17,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmrouter.eventtext import clean, clock_text, error_text, is_error, model_text, prompt_of, tokens_of
+from llmrouter.eventtext import clean, clock_text, error_text, is_error, measured_text, model_text, prompt_of, reload_text, tokens_of
 
 DEFAULT_MODEL = "llama3.1:8b"
 MAX_ENTRIES = 200
@@ -103,6 +103,7 @@ class State:
     scroll: int = 0
     total: Bucket = field(default_factory=Bucket)
     providers: dict[str, Bucket] = field(default_factory=dict)
+    live: dict[str, dict[str, Any]] = field(default_factory=dict)  # provider -> its latest `measured` event
     tags: dict[str, Bucket] = field(default_factory=dict)
     prices: dict[str, float | None] = field(default_factory=dict)
     last_route: dict[str, Any] | None = None  # the latest `complete`, from any client
@@ -132,8 +133,13 @@ def reduce(state: State, event: dict[str, Any]) -> State:
             pending.attempt = _int(event.get("attempt")) or 1
     elif kind == "complete":
         _complete(state, event)
+    elif kind == "reload":  # shown among the requests, where it happened
+        state.entries.insert(0, event)
+        del state.entries[MAX_ENTRIES:]
     elif kind == "dropped":
         state.dropped += _int(event.get("count"))
+    elif kind == "measured":
+        state.live[clean(event.get("provider"))] = event
     elif kind == "feed":
         _feed(state, event)
     elif kind == "prices":
@@ -407,6 +413,9 @@ def _feed_pane(cv: Canvas, s: State, y: int, x: int, h: int, w: int, now_ms: int
 
 
 def _entry_lines(e: dict[str, Any], prices: dict[str, float | None], utc_offset_s: int) -> list[list[tuple[str, str]]]:
+    if e.get("type") == "reload":
+        style = "red" if not e.get("ok") else "yellow" if e.get("restart_needed") else "green"
+        return [[(clock_text(e.get("ts_ms"), utc_offset_s) + "  ⟳  ", "dim"), (reload_text(e), style)], []]
     failed = is_error(e)
     head = [(clock_text(e.get("ts_ms"), utc_offset_s) + "  ", "dim"), (clean(e.get("provider") or "(no provider)"), "bold")]
     first, rewritten = model_text(e)
@@ -447,7 +456,9 @@ def _stats_pane(cv: Canvas, s: State, y: int, x: int, h: int, w: int, now_ms: in
     ]
     if s.pending:
         lines.append([(f"{len(s.pending)} in flight", "cyan")])
-    for heading, buckets, fmt in (("providers", s.providers, "{}"), ("tags", s.tags, "[{}]")):
+    # A provider that only failed (another answered) shows up through its measurements.
+    providers = {**{name: Bucket() for name in s.live}, **s.providers}
+    for heading, buckets, fmt in (("providers", providers, "{}"), ("tags", s.tags, "[{}]")):
         if not buckets:
             continue
         lines += [[], [(heading, "bold")]]
@@ -457,6 +468,8 @@ def _stats_pane(cv: Canvas, s: State, y: int, x: int, h: int, w: int, now_ms: in
                 row.append(("  last ok " + _ago(now_ms, b.last_ok_ms), "red" if b.last_ok_ms is None else "dim"))
             lines.append(row)
             lines.append([(f"   {b.errors} err", "red" if b.errors else "dim"), (f" · {b.avg_ms}ms · {_tokens(b.tokens_in + b.tokens_out)} tok · {_cost(b, s.prices)}", "dim")])
+            if heading == "providers" and name in s.live:
+                lines.append([("   now: " + measured_text(s.live[name]), "dim")])
     for i, line in enumerate(lines[: h - 2]):
         cv.runs([(" ", "")] + line, y + 1 + i, x + 1, w - 3)
 

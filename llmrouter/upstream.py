@@ -13,8 +13,9 @@ docs/performance.md. httpcore's own connection classes do the HTTP/1.1 work
 only keeps idle connections in a stack and counts in-flight requests against
 `max_connections`. Plain-HTTP upstreams get an `AsyncHTTP11Connection` over a
 wire (`wire.py`) in a wrapper of ours (`_Socket`); HTTPS upstreams get an
-`AsyncHTTPConnection`, which does the TLS handshake with httpcore's default
-context, over the same wrapper.
+`AsyncHTTPConnection`, which does the TLS handshake over the same wrapper
+with one context per provider (`tls_context`: the trust of httpcore's default
+context plus the provider's `ca_bundle`).
 
 Pool rules:
 - an idle connection is reused only if httpcore says it is idle and not
@@ -231,6 +232,20 @@ class _TLSBackend(httpcore.AsyncNetworkBackend):
         await anyio.sleep(seconds)
 
 
+def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """The trust httpcore's default context has (the system's CAs plus
+    certifi's, see docs/install.md), plus the CAs in `ca_bundle`: a corporate
+    proxy that re-signs TLS, or an on-prem upstream with a private CA."""
+    import certifi  # httpcore's own dependency
+
+    context = ssl.create_default_context()
+    # cadata, not certifi.where(): from a zipapp, where() extracts a temporary file.
+    context.load_verify_locations(cadata=certifi.contents())
+    if ca_bundle is not None:
+        context.load_verify_locations(cafile=ca_bundle)
+    return context
+
+
 class _Unshared:
     """Stands in for an AsyncHTTP11Connection's internal state lock. That lock
     guards a connection against concurrent requests, which this pool already
@@ -279,6 +294,8 @@ class _Pool:
     connections never exceed max_connections."""
 
     def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        self.retired = False  # replaced by a reload: keeps no idle connection
         url = httpcore.URL(provider.base_url)
         self.tls = url.scheme == b"https"
         self.host = url.host.decode("ascii")
@@ -289,6 +306,8 @@ class _Pool:
         self.host_header = host if url.port is None else b"%b:%d" % (host, url.port)
         self.size = provider.max_connections
         self.connect_timeout = provider.connect_timeout
+        self.ca_bundle = provider.ca_bundle
+        self._ssl_context: ssl.SSLContext | None = None  # made at the first TLS connection
         self.idle: list[_Conn] = []
         self.open = 0  # connections open now (idle or busy)
         self.opened = 0  # connections ever opened
@@ -366,9 +385,15 @@ class _Pool:
         self.open += 1
         try:
             if self.tls:
+                if self._ssl_context is None:
+                    try:
+                        self._ssl_context = tls_context(self.ca_bundle)
+                    except OSError as exc:  # ca_bundle removed or broken since startup (ssl.SSLError is an OSError)
+                        raise httpcore.ConnectError(f"cannot load ca_bundle {self.ca_bundle}: {exc}") from exc
                 backend = _TLSBackend()
                 http = httpcore.AsyncHTTPConnection(
-                    self.origin, keepalive_expiry=KEEPALIVE_EXPIRY, http1=True, http2=False, retries=0, network_backend=backend
+                    self.origin, ssl_context=self._ssl_context, keepalive_expiry=KEEPALIVE_EXPIRY,
+                    http1=True, http2=False, retries=0, network_backend=backend,
                 )
                 conn = _Conn(http, backend=backend)  # connects (and handshakes) on its first request
             else:
@@ -385,7 +410,7 @@ class _Pool:
         """Takes a connection whose response was closed: idle ones are kept."""
         if conn.closed:
             return
-        if not conn.http.is_idle():
+        if self.retired or not conn.http.is_idle():
             await self.discard(conn)
             return
         now = time.monotonic()
@@ -540,8 +565,20 @@ class UpstreamStream:
 
 
 class Upstreams:
-    def __init__(self, providers: tuple[Provider, ...]) -> None:
-        self._pools = {p.name: _Pool(p) for p in providers}
+    def __init__(self, providers: tuple[Provider, ...], previous: Upstreams | None = None) -> None:
+        """`previous`: the pools of a reloaded config; a provider whose settings
+        are all unchanged (its key aside: keys only go into headers) keeps its pool."""
+        kept = previous._pools if previous is not None else {}
+        self._pools = {p.name: kept[p.name] if p.name in kept and kept[p.name].provider == p else _Pool(p) for p in providers}
+
+    async def retire(self, successor: Upstreams) -> None:
+        """After a reload: the pools `successor` did not keep close their idle
+        connections now and each busy one when its response ends (requests
+        that started before the reload still use them)."""
+        for pool in self._pools.values():
+            if successor._pools.get(pool.provider.name) is not pool:
+                pool.retired = True
+                await pool.aclose()
 
     def pool_stats(self, name: str) -> dict[str, int]:
         """Open, idle and ever-opened connections of one provider (for tests and /health)."""

@@ -23,8 +23,10 @@ from llmrouter.eventtext import (
     clock_text,
     error_text,
     is_error,
+    measured_text,
     model_text,
     prompt_of,
+    reload_text,
     tokens_of,
 )
 from llmrouter.sse import SSESplitter
@@ -50,8 +52,9 @@ CYAN, BLUE, YELLOW, MAGENTA, RED, GREEN = "\x1b[36m", "\x1b[94m", "\x1b[33m", "\
 WATCH_CLIP = 120
 
 
-def format_event(event: dict[str, Any], color: bool = False) -> str | None:
-    """The text watch prints for one event (no trailing newline), or None."""
+def format_event(event: dict[str, Any], color: bool = False, stats: bool = False) -> str | None:
+    """The text watch prints for one event (no trailing newline), or None.
+    `measured` events are printed only with `stats` (watch --stats)."""
 
     def c(code: str, text: str) -> str:
         return f"{code}{text}{RESET}" if color else text
@@ -72,6 +75,13 @@ def format_event(event: dict[str, Any], color: bool = False) -> str | None:
         return c(DIM if attempt <= 1 else YELLOW, label) + c(BLUE, text(event.get("provider"))) + c(DIM, "/") + c(BLUE, text(event.get("model")))
     if kind == "dropped":
         return c(YELLOW, f"  ! {event.get('count', '?')} events dropped: this watcher fell behind the router")
+    if kind == "reload":
+        style = RED if not event.get("ok") else YELLOW if event.get("restart_needed") else GREEN
+        return c(DIM, f"{local_time(event.get('ts_ms'))}  ⟳  ") + c(style, reload_text(event)) + "\n"
+    if kind == "measured":
+        if not stats:
+            return None
+        return c(DIM, f"{local_time(event.get('ts_ms'))}  ≈  ") + c(CYAN, text(event.get("provider"))) + c(DIM, "  " + measured_text(event))
     if kind != "complete":
         return None  # a newer router's event type: ignore it
 
@@ -213,7 +223,7 @@ def parse_frame(data: str) -> dict[str, Any] | None:
 # --- the command -----------------------------------------------------------------------
 
 
-def run(base_url: str, color: bool, raw_json: bool, out=None, err=None) -> int:
+def run(base_url: str, color: bool, raw_json: bool, out=None, err=None, stats: bool = False) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
 
@@ -242,7 +252,7 @@ def run(base_url: str, color: bool, raw_json: bool, out=None, err=None) -> int:
             if raw_json:
                 print(json.dumps(event, ensure_ascii=False, separators=(",", ":")), file=out, flush=True)
                 continue
-            text = format_event(event, color)
+            text = format_event(event, color, stats)
             if text is not None:
                 print(text, file=out, flush=True)
     except FeedRefused as exc:

@@ -24,7 +24,7 @@ async def exchange(port: int, path: str, body: dict | bytes, *, headers: dict[st
                    abort_after: int | None = None, timeout: float = 30.0) -> Reply:
     """POSTs `body`; with `abort_after`, hangs up (RST) once that many body bytes came."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    head = [f"POST {path} HTTP/1.1", "host: t", "content-type: application/json", "connection: close",
+    head = [f"POST {path} HTTP/1.1", "host: 127.0.0.1", "content-type: application/json", "connection: close",
             f"content-length: {len(data)}"] + [f"{k}: {v}" for k, v in (headers or {}).items()]
     started = time.monotonic()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -39,6 +40,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 import anyio
 import h11
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
+from anyio.streams.tls import TLSListener
 
 from background import BackgroundLoop
 
@@ -703,9 +705,10 @@ class FakeUpstream:
     """A scripted HTTP/1.1 upstream on 127.0.0.1; see the module docstring."""
 
     def __init__(self, *, models: Sequence[str] = ("llama3.2:latest", "qwen2.5:0.5b"),
-                 port: int = 0) -> None:
+                 port: int = 0, tls: ssl.SSLContext | None = None) -> None:
         self.models = list(models)
         self.port = port
+        self.tls = tls  # a server context: serve https (tests/tlscerts.py makes one)
         self.script: Callable[[RecordedRequest], Reply | None] | None = None
         self.requests: list[RecordedRequest] = []
         self.connections: list[ConnectionInfo] = []
@@ -719,7 +722,7 @@ class FakeUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def enqueue(self, *replies: Reply | Callable[[RecordedRequest], Reply]) -> None:
         """Answer the next requests with these, in order, before `script`."""
@@ -786,7 +789,10 @@ class FakeUpstream:
         async with listener:
             self.port = listener.extra(SocketAttribute.local_port)
             task_status.started(self.port)
-            await listener.serve(self._connection)
+            if self.tls is not None:
+                await TLSListener(listener, self.tls, standard_compatible=False).serve(self._connection)
+            else:
+                await listener.serve(self._connection)
 
     async def _connection(self, stream: SocketStream) -> None:
         info = ConnectionInfo(id=len(self.connections))

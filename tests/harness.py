@@ -58,6 +58,15 @@ class RunningRouter:
             time.sleep(0.005)
         return self.records
 
+    def wait_idle(self, timeout: float = 5.0) -> None:
+        """Returns once no request is in flight: every record of the requests
+        made so far has been published (a check for a second one can follow)."""
+        deadline = time.monotonic() + timeout
+        while self.app.ctx.in_flight:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.app.ctx.in_flight} request(s) still in flight after {timeout}s")
+            time.sleep(0.005)
+
     def shutdown(self) -> None:
         self.loop.call(_shutdown, self.app)
 
@@ -116,7 +125,7 @@ class FeedReader:
 
     def __init__(self, port: int, headers: bytes = b"") -> None:
         self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: t\r\n" + headers + b"\r\n")
+        self.sock.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: 127.0.0.1\r\n" + headers + b"\r\n")
         self.sock.settimeout(10)
         self.data = bytearray()
         self.thread = threading.Thread(target=self._read, daemon=True)
@@ -127,10 +136,13 @@ class FeedReader:
             while chunk := self.sock.recv(1 << 20):
                 self.data.extend(chunk)
 
-    def until(self, marker: bytes, timeout: float = 10.0) -> None:
+    def until(self, marker: bytes, timeout: float = 10.0, count: int = 1) -> None:
+        """Waits until the feed has sent `marker` `count` times (or more)."""
         deadline = time.monotonic() + timeout
-        while marker not in self.data:
-            assert time.monotonic() < deadline and self.thread.is_alive(), f"the feed never sent {marker!r}"
+        while self.data.count(marker) < count:
+            seen = self.data.count(marker)
+            assert self.thread.is_alive(), f"the feed closed after {seen} of {count} {marker!r}"
+            assert time.monotonic() < deadline, f"the feed sent {seen} of {count} {marker!r} in {timeout}s"
             time.sleep(0.01)
 
     def close(self) -> None:

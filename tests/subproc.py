@@ -24,7 +24,8 @@ def environ(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class RouterProcess:
-    def __init__(self, config_text: str, workdir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(self, config_text: str, workdir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+                 serve_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.config = workdir / "config.toml"
         self.config.write_text(config_text)
@@ -33,7 +34,7 @@ class RouterProcess:
         self._out = open(self.stdout_path, "wb")
         self._err = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmrouter", *args, "serve", str(self.config)],
+            [sys.executable, "-m", "llmrouter", *args, "serve", *serve_args, str(self.config)],
             cwd=workdir, env=environ(env), stdout=self._out, stderr=self._err,
         )
         self.port = self._wait_listening()

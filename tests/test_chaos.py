@@ -269,7 +269,7 @@ def _records_for(router, request_id: str, timeout: float = 5.0) -> list[dict]:
     while True:
         found = [r for r in router.records if r["request_id"] == request_id]
         if found or time.monotonic() > deadline:
-            time.sleep(0.05)  # a second record would show up right after the first
+            router.wait_idle()  # a second record would be out by now
             return [r for r in router.records if r["request_id"] == request_id]
         time.sleep(0.005)
 

@@ -71,6 +71,12 @@ BROKEN = [
     ("host-key-unset", '[server]\nhost = "0.0.0.0"\napi_key_env = "ROUTER_KEY"\n' + LOCAL,
      "server.api_key_env", "$ROUTER_KEY is not set"),
     ("host-url", '[server]\nhost = "http://localhost"\n' + LOCAL, "server.host", "IP address or a host name"),
+    ("stream-idle-zero", "[server]\nstream_idle_timeout = 0\n" + LOCAL, "server.stream_idle_timeout", "must be > 0"),
+    ("allowed-hosts-string", '[server]\nallowed_hosts = "router.lan"\n' + LOCAL, "server.allowed_hosts", "expected an array of host names"),
+    ("allowed-hosts-port", '[server]\nallowed_hosts = ["ok.lan", "router.lan:8090"]\n' + LOCAL, "server.allowed_hosts[1]", "no scheme, port or path"),
+    ("allowed-hosts-url", '[server]\nallowed_hosts = ["http://router.lan"]\n' + LOCAL, "server.allowed_hosts[0]", 'or "*" for any'),
+    ("allowed-hosts-int", '[server]\nallowed_hosts = [1]\n' + LOCAL, "server.allowed_hosts[0]", "expected a string, got an integer"),
+    ("allowed-hosts-empty", '[server]\nallowed_hosts = [""]\n' + LOCAL, "server.allowed_hosts[0]", "host name or an IP address"),
     ("server-key-name", '[server]\napi_key_env = "my key"\n' + LOCAL, "server.api_key_env", "name of an environment variable"),
     ("logging-enabled-int", "[logging]\nenabled = 1\n" + LOCAL, "logging.enabled", "expected a boolean"),
     ("logging-unset-var", '[logging]\npath = "${NOPE_UNSET}/x.jsonl"\n' + LOCAL, "logging.path", "${NOPE_UNSET} is not set"),
@@ -258,6 +264,8 @@ fallback_on_error = false
 discovery_interval = 5
 breaker_failures = 3
 breaker_cooldown = 0.5
+stream_idle_timeout = 7
+allowed_hosts = ["Router.LAN", "[fe80::1]", "10.0.0.2"]
 
 [logging]
 enabled = true
@@ -349,6 +357,7 @@ def test_full_config_parses_every_key(tmp_path):
     assert (s.header_timeout, s.max_attempts, s.fallback_on_error) == (1.0, 2, False)
     assert isinstance(s.header_timeout, float) and s.discovery_interval == 5.0
     assert (s.breaker_failures, s.breaker_cooldown) == (3, 0.5)
+    assert s.stream_idle_timeout == 7.0 and s.allowed_hosts == ("router.lan", "fe80::1", "10.0.0.2")
     assert cfg.logging.enabled and cfg.logging.path == str(tmp_path / "logs" / "r.jsonl")
     local, ollama, openai = cfg.providers
     assert local.base_url == "http://127.0.0.1:8080/v1"
@@ -431,6 +440,37 @@ def test_exposed_host_with_key_or_explicit_opt_out():
     assert cfg.server.api_key is None
     for host in ("localhost", "127.0.0.2", "::1"):
         assert parse_text(f'[server]\nhost = "{host}"\n' + LOCAL).server.host == host
+
+
+def test_allowed_hosts_warnings_and_what_check_prints():
+    """The DNS-rebinding guard: check says which Host names are served, and
+    warns when the guard is off without a key, or would refuse the clients of
+    an unauthenticated non-loopback bind."""
+    cfg = parse_text(LOCAL)
+    assert "allowed hosts: loopback addresses, localhost\n" in config.describe(cfg)
+    assert not any("allowed_hosts" in w for w in cfg.warnings)
+    cfg = parse_text('[server]\nallowed_hosts = ["router.lan"]\n' + LOCAL)
+    assert "allowed hosts: loopback addresses, localhost, router.lan\n" in config.describe(cfg)
+    off = parse_text('[server]\nallowed_hosts = ["*"]\n' + LOCAL)
+    assert 'allowed hosts: any (allowed_hosts = ["*"]: the Host check is off)' in config.describe(off)
+    assert any(w.startswith('server.allowed_hosts: "*" turns the Host check off and there is no client key') for w in off.warnings)
+    keyed = parse_text('[server]\nallowed_hosts = ["*"]\napi_key_env = "K"\n' + LOCAL, {"K": CANARY})
+    assert not any("Host" in w for w in keyed.warnings)
+    exposed = parse_text('[server]\nhost = "0.0.0.0"\nallow_unauthenticated = true\n' + LOCAL)
+    assert any("list the other names and addresses clients use in server.allowed_hosts" in w for w in exposed.warnings)
+    assert "allowed hosts: loopback addresses, localhost, 0.0.0.0\n" in config.describe(exposed)
+    listed = parse_text('[server]\nhost = "0.0.0.0"\nallow_unauthenticated = true\nallowed_hosts = ["router.lan"]\n' + LOCAL)
+    assert not any("allowed_hosts" in w for w in listed.warnings)
+    # A key and no allowed_hosts: keyed clients may use any Host; nothing to warn about.
+    keyed = parse_text('[server]\nhost = "0.0.0.0"\napi_key_env = "K"\n' + LOCAL, {"K": CANARY})
+    assert not any("allowed_hosts" in w for w in keyed.warnings)
+    assert "; any host with the client key" in config.describe(keyed)
+    # --host re-evaluates the warning for the address actually bound.
+    loose = parse_text("[server]\nallow_unauthenticated = true\n" + LOCAL)
+    assert not any("allowed_hosts" in w for w in loose.warnings)
+    moved = config.override_listen(loose, host="0.0.0.0")
+    assert sum("allowed_hosts" in w for w in moved.warnings) == 1
+    assert not any("allowed_hosts" in w for w in config.override_listen(moved, host="127.0.0.1").warnings)
 
 
 def test_loopback_with_key_env_still_needs_the_variable():
@@ -645,3 +685,39 @@ def test_importing_config_stays_light():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- ca_bundle: extra trusted CAs for https upstreams ------------------------------------
+
+HTTPS = '[[providers]]\nname = "cloud"\nformat = "openai"\nbase_url = "https://api.example.com/v1"\n'
+
+
+def test_ca_bundle_is_resolved_against_the_config_directory_and_checked(tmp_path):
+    import certifi  # a real PEM bundle to point at
+
+    sub = tmp_path / "etc"
+    sub.mkdir()
+    (sub / "corp.pem").write_bytes(Path(certifi.where()).read_bytes())
+    file = sub / "router.toml"
+    file.write_text(HTTPS + 'ca_bundle = "corp.pem"\n' + LOCAL)
+    cfg = config.load(str(file), environ={})
+    assert cfg.provider("cloud").ca_bundle == str(sub / "corp.pem")
+    assert cfg.provider("local").ca_bundle is None
+    assert f"also trusts the CAs in {sub / 'corp.pem'}" in config.describe(cfg)
+    file.write_text(HTTPS + 'ca_bundle = "${CORP_CA}"\n' + LOCAL)
+    assert config.load(str(file), environ={"CORP_CA": str(sub / "corp.pem")}).provider("cloud").ca_bundle == str(sub / "corp.pem")
+
+
+def test_ca_bundle_that_is_missing_or_not_pem_stops_startup_naming_file_and_key(tmp_path):
+    file = tmp_path / "router.toml"
+    (tmp_path / "notes.txt").write_text("not a certificate\n")
+    strict_unset = 'api_key_env = "UNSET_KEY"\nstrict = true\n'  # checked even while skipped
+    file.write_text(LOCAL + HTTPS + 'ca_bundle = "missing.pem"\n' + HTTPS.replace("cloud", "other") + strict_unset + 'ca_bundle = "notes.txt"\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(str(file), environ={})
+    assert info.value.problems == [
+        f"{file}: providers[1].ca_bundle: cannot read {tmp_path / 'missing.pem'}: No such file or directory",
+        f"{file}: providers[2].ca_bundle: {tmp_path / 'notes.txt'} holds no PEM certificate",
+    ]
+    assert problems_of(HTTPS + 'ca_bundle = ""\n') == ["config.toml: providers[0].ca_bundle: must not be empty"]
+    assert problems_of(HTTPS + 'ca_bundle = "${NOPE}"\n')[0].startswith("config.toml: providers[0].ca_bundle: ${NOPE} is not set")

@@ -1,5 +1,6 @@
 """Config errors through the real CLI (issue 6, item 11): `llmrouter serve
-CONFIG --port P` with a broken config exits 2 in < 1.5 s, names the file and
+CONFIG --port P` with a broken config exits 2 (in < 1.5 s: asserted with
+--soak, recorded always), names the file and
 the key path, prints no traceback, binds no port (P is held by the test: a
 bind attempt would fail differently) and never echoes a secret.
 
@@ -16,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from reliability_report import record
+from tiers import within_bound
 from subproc import environ
 from test_config import BROKEN, LOCAL
 
@@ -74,7 +75,6 @@ def test_broken_configs_exit_2_fast_naming_file_and_key(tmp_path, soak):
             expected = f"{config}: {path}" if path else str(config)
             checks = {
                 "exit 2": result.returncode == 2,
-                "< 1.5 s": seconds < 1.5,
                 "names file and key": expected in result.stderr,
                 "says what": fragment in result.stderr,
                 "no traceback": "Traceback" not in out,
@@ -90,3 +90,4 @@ def test_broken_configs_exit_2_fast_naming_file_and_key(tmp_path, soak):
     times.sort()
     record("config.cli_broken_configs", len(times), unit="configs", bound="exit 2 in < 1.5 s each", failures=0,
            p50_s=round(times[len(times) // 2], 3), max_s=round(times[-1], 3), tracebacks=0, ports_bound=0, secrets_echoed=0)
+    within_bound(times[-1], 1.5, "seconds for the slowest broken config to exit 2")

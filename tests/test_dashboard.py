@@ -28,11 +28,14 @@ import pytest
 
 from fakes import FakeUpstream, Reply
 from harness import provider_config, running_router
+from tiers import need_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "llmrouter" / "dashboard.html"
-CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (CI installs Debian's `chromium`)")
+
+
+def chromium() -> str:
+    return need_tool("chromium", "chromium-browser", "google-chrome", hint="CI installs Debian's `chromium`")
 
 
 # --- a minimal DevTools-protocol client (stdlib websocket) -------------------------------
@@ -99,11 +102,11 @@ class WebSocket:
 class Browser:
     """Headless Chromium with one page, driven through its DevTools websocket."""
 
-    def __init__(self, profile: Path, width: int = 1280, height: int = 900) -> None:
+    def __init__(self, profile: Path, width: int = 1280, height: int = 900, args: tuple[str, ...] = ()) -> None:
         self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check",
-             f"--user-data-dir={profile}", "--remote-debugging-port=0", f"--window-size={width},{height}", "about:blank"],
+             f"--user-data-dir={profile}", "--remote-debugging-port=0", f"--window-size={width},{height}", *args, "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         # Chromium prints its DevTools address once it listens: the readiness handshake.
@@ -452,3 +455,110 @@ def test_stream_end_clears_stale_in_flight_cards_and_reconnects(browser, scripte
     assert browser.js("document.querySelectorAll('#inflight .card').length") == 0
     scripted.send(complete(6, "local", (1, 1)))
     browser.wait_for("document.querySelectorAll('#done .card').length === 1")
+
+
+def test_provider_table_shows_live_measurements(browser, scripted):
+    browser.open(scripted.url + "/dashboard")
+    browser.wait_for("document.getElementById('status').textContent === 'live'")
+    scripted.send(complete(1, "paid", (10, 20)))
+    measured = {"type": "measured", "v": 1, "ts_ms": 1_700_000_000_000, "samples": 3, "in_flight": 2, "ttft_ms": 412.4, "duration_ms": 900.0, "tokens_per_sec": 55.6, "error_rate": 0.25}
+    scripted.send({**measured, "provider": "paid"})
+    scripted.send({**measured, "provider": "spare", "in_flight": 0, "ttft_ms": None, "tokens_per_sec": None, "error_rate": 1.0})
+    browser.wait_for("document.querySelectorAll('#providers tbody tr').length === 2")
+    rows = browser.js("Object.fromEntries([...document.querySelectorAll('#providers tbody tr')].map(r => [r.dataset.provider, [...r.cells].slice(7).map(c => c.textContent)]))")
+    assert rows == {"paid": ["2", "412 ms", "56", "25%"], "spare": ["0", "–", "–", "100%"]}
+
+
+# --- DNS rebinding and other origins (issue 10) ------------------------------------------
+
+# What a hostile page's script tries: read the event feed (fetch and
+# EventSource) and post a chat. `base` is "" for the page's own origin.
+ATTACK = """(async (base) => {
+  const out = {};
+  try {
+    const r = await fetch(base + '/dashboard/events');
+    const first = await r.body.getReader().read();
+    out.feed = r.status + ' ' + new TextDecoder().decode(first.value || new Uint8Array());
+  } catch (e) { out.feed = 'blocked ' + e.name; }
+  out.eventsource = await new Promise(resolve => {
+    const es = new EventSource(base + '/dashboard/events');
+    es.onopen = () => { es.close(); resolve('open'); };
+    es.onerror = () => { es.close(); resolve('error'); };
+  });
+  try {
+    const r = await fetch(base + '/v1/chat/completions', {method: 'POST', headers: {'content-type': 'application/json'},
+      body: JSON.stringify({model: 'm', messages: [{role: 'user', content: 'spend their keys'}]})});
+    out.chat = r.status + ' ' + await r.text();
+  } catch (e) { out.chat = 'blocked ' + e.name; }
+  try {  // a "simple" request: no preflight, the reply is opaque
+    await fetch(base + '/v1/chat/completions', {method: 'POST', mode: 'no-cors', headers: {'content-type': 'text/plain'},
+      body: JSON.stringify({model: 'm', messages: [{role: 'user', content: 'spend their keys'}]})});
+    out.simple = 'sent';
+  } catch (e) { out.simple = 'blocked ' + e.name; }
+  return out;
+})(%s)"""
+
+
+def test_pages_from_other_origins_cannot_read_the_feed_or_post_a_chat(tmp_path):
+    """A page on another local port (a cross-origin page), and a page whose
+    name resolves to 127.0.0.1 (DNS rebinding: Chromium maps evil.example to
+    127.0.0.1, so `http://evil.example:PORT` is the router's own origin for
+    the browser), try to read the feed and to post a chat."""
+    with FakeUpstream() as fake, running_router(provider_config(fake.url) + ROUTER_FALLBACK) as router, \
+            http.server.ThreadingHTTPServer(("127.0.0.1", 0), AttackerPage) as other:
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        browser = Browser(tmp_path / "profile", args=("--host-resolver-rules=MAP evil.example 127.0.0.1",))
+        try:
+            browser.open(f"http://127.0.0.1:{other.server_address[1]}/")
+            assert browser.js("document.title") == "not the router"
+            got = browser.js(ATTACK % json.dumps(router.url))
+            assert got["feed"].startswith("blocked") and got["chat"].startswith("blocked"), got  # CORS: no reading
+            assert got["eventsource"] == "error" and got["simple"] == "sent", got
+
+            rebound = f"http://evil.example:{router.port}"
+            browser.open(rebound + "/dashboard")
+            assert "dashboard" not in browser.js("document.title").lower()
+            assert "allowed_hosts" in browser.js("document.body.innerText")  # the 403, not the page
+            got = browser.js(ATTACK % '""')
+            assert got["feed"].startswith("403 ") and "event:" not in got["feed"] and "connected" not in got["feed"], got
+            assert got["chat"].startswith("403 ") and "permission_error" in got["chat"], got
+            assert got["eventsource"] == "error" and got["simple"] == "sent", got
+        finally:
+            browser.close()
+        other.shutdown()
+        # Every chat the pages sent was refused before routing; none reached the upstream.
+        assert len(fake.requests) == 0
+        refused = [r for r in router.records if r["status"] != 200]
+        assert {(r["status"], r["error_code"]) for r in refused} <= {(403, "forbidden"), (415, "unsupported_media_type"), (405, "method_not_allowed")}
+
+
+def test_with_a_client_key_the_page_gets_its_feed_and_prices(browser):
+    """The key in the page's address opens the feed (?api_key=) and, as a
+    header, /health?verbose, which needs it too: costs are known."""
+    key = "rk-dashboard-5d2e8a1c"
+    text = '[server]\nport = 0\napi_key_env = "ROUTER_KEY"\n[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "fake"\n'
+    with FakeUpstream() as fake, running_router(provider_config(fake.url, extra="cost_per_1m_tokens = 2.5") + text, {"ROUTER_KEY": key}) as router:
+        browser.open(f"{router.url}/dashboard?api_key={key}")
+        browser.wait_for("document.getElementById('status').textContent === 'live'")
+        client = openai.OpenAI(base_url=router.url + "/v1", api_key=key, max_retries=0)
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "one two three"}])
+        browser.wait_for("document.querySelectorAll('#done .card').length === 1")
+        browser.wait_for("document.querySelector('#done .cost').textContent.startsWith('cost $')")
+
+
+ROUTER_FALLBACK = '[server]\nport = 0\n[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "fake"\n'
+
+
+class AttackerPage(http.server.BaseHTTPRequestHandler):
+    """Any page that is not the router's."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = b"<!doctype html><title>not the router</title><p>hello"
+        self.send_response(200)
+        self.send_header("content-type", "text/html")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)

@@ -14,6 +14,7 @@ import pytest
 from fakes import FakeUpstream, Hang, Reply
 from harness import make_config, provider_config, running_router
 from llmrouter import app as app_module
+from llmrouter.bus import EventBus
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -81,7 +82,7 @@ def test_upstream_error_and_disconnect_each_complete_once(fake):
         payload = json.dumps({"model": "ok/m", "messages": MESSAGES}).encode()
         with socket.create_connection(("127.0.0.1", router.port)) as sock:
             sock.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                 b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
             )
             fake.wait_until(lambda f: len(f.requests) == 2)
@@ -113,7 +114,7 @@ def test_stalled_subscriber_loses_events_but_requests_go_on(fake, monkeypatch):
     with running_router(config_for(fake.url)) as router:
         stalled = socket.create_connection(("127.0.0.1", router.port))
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stalled.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: t\r\n\r\n")
+        stalled.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
         body = {"model": "ok/m", "messages": [{"role": "user", "content": "y" * 2000}]}
         with ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(lambda _: post(router.url, body).status, range(600)))
@@ -141,7 +142,7 @@ def test_feed_streams_typed_events(fake):
                     for chunk in response.iter_stream():
                         got.append(chunk)
                         ready.set()
-                        if b"event: complete" in b"".join(got):
+                        if b"event: measured" in b"".join(got):
                             return
 
         thread = threading.Thread(target=listen, daemon=True)
@@ -151,7 +152,7 @@ def test_feed_streams_typed_events(fake):
         thread.join(5)
         text = b"".join(got).decode()
         frames = [f for f in text.split("\n\n") if f.startswith("event:")]
-        assert [f.split("\n")[0] for f in frames] == ["event: start", "event: classified", "event: routed", "event: complete"]
+        assert [f.split("\n")[0] for f in frames] == ["event: start", "event: classified", "event: routed", "event: complete", "event: measured"]
         for frame in frames:
             name = frame.split("\n")[0].split(": ")[1]
             assert json.loads(frame.split("\n")[1][len("data: "):])["type"] == name
@@ -182,3 +183,34 @@ def test_log_after_a_cut_short_line_starts_on_a_new_line(fake, tmp_path):
 def test_config_is_parsed_with_relative_log_path(tmp_path):
     cfg = make_config(config_for("http://127.0.0.1:9", "logs/x.jsonl"), base_dir=str(tmp_path))
     assert cfg.logging.path == str(tmp_path / "logs" / "x.jsonl")
+
+
+def test_each_event_is_encoded_once_for_all_subscribers(fake, monkeypatch):
+    """Fan-out copies bytes: an event becomes its SSE frame once, however
+    many subscribers get it (and not at all while nobody listens)."""
+    from harness import FeedReader
+
+    encoded: list[str] = []
+
+    def counting_sse(event: dict) -> bytes:
+        encoded.append(event["type"])
+        return app_module._sse(event)
+
+    monkeypatch.setattr(app_module, "EventBus", lambda encode: EventBus(counting_sse))
+    with running_router(config_for(fake.url)) as router:
+        assert post(router.url, {"model": "ok/m", "messages": MESSAGES}).status == 200
+        router.wait_records(1)
+        assert encoded == []  # no subscriber: nothing encoded
+        readers = [FeedReader(router.port) for _ in range(3)]
+        try:
+            for reader in readers:
+                reader.until(b": connected")
+            assert post(router.url, {"model": "ok/m", "messages": MESSAGES}).status == 200
+            for reader in readers:
+                reader.until(b"event: measured")  # published right after the complete record
+            assert encoded == ["start", "classified", "routed", "complete", "measured"]
+            frames = [bytes(r.data[r.data.index(b"event: start"):]) for r in readers]
+            assert frames[0] == frames[1] == frames[2]
+        finally:
+            for reader in readers:
+                reader.close()

@@ -16,6 +16,7 @@ import pytest
 from llmrouter import config, router
 from llmrouter.canonical import Message, Request, Text
 from llmrouter.classifiers import classify
+from llmrouter.measure import Measurements
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ("docs/examples.md", "docs/providers.md", "README.md")
@@ -131,6 +132,22 @@ def test_ab_test_splits_between_both_models():
     assert routes(cfg, "ollama/llama3.2:3b")[0] == ("ollama", "llama3.2:3b")
 
 
+def test_two_servers_recipe_ranks_by_live_measurements():
+    cfg = parse(recipe("Two servers"))
+    assert routes(cfg, "llama3") == [("desk", "llama3"), ("gpu-box", "llama3")]  # neither measured yet
+    live = Measurements()
+    for provider, ttft in (("desk", 900), ("gpu-box", 200), ("desk", 20000)):
+        live.observe({"stream": True, "attempts": [{"provider": provider, "model": "llama3", "outcome": "ok", "duration_ms": 9000, "first_token_ms": ttft}]})
+    ranked = [d.provider.name for d in router.decisions(request("llama3"), cfg, {}, random.Random(0), live)]
+    assert ranked == ["gpu-box"]  # desk now averages beyond max_latency_ms
+    text = recipe("Two servers")
+    busy_rule = '[[routers]]\ntype = "least_busy"\nproviders = ["desk", "gpu-box"]'
+    assert "\n".join("# " + line for line in busy_rule.splitlines()) in text  # the commented alternative
+    busy = parse(text[: text.index("[[routers]]")] + busy_rule + "\n")
+    live.started("desk", "llama3")
+    assert [d.provider.name for d in router.decisions(request("llama3"), busy, {}, random.Random(0), live)] == ["gpu-box", "desk"]
+
+
 def test_claude_code_recipe_routes_background_models_locally():
     cfg = parse(recipe("Claude Code"))
     assert routes(cfg, "claude-sonnet-4-5") == [("anthropic", "claude-sonnet-4-5")]
@@ -167,12 +184,14 @@ def test_example_config_with_every_commented_line_enabled():
     assert cfg.provider("openai").max_connections == 16 and cfg.provider("anthropic").headers
     # Every rule kind, random both ways, each optional rule with its threshold.
     kinds = [r.type for r in cfg.routers]
-    assert set(kinds) == {"prefix", "tag", "price", "latency", "throughput", "fallback", "discover", "random"}
+    assert set(kinds) == set(config.RULE_TYPES)
     randoms = [r for r in cfg.routers if r.type == "random"]
     assert [bool(r.candidates) for r in randoms] == [False, True] and randoms[0].providers
     by_type = {r.type: r for r in cfg.routers}
     assert by_type["price"].max_cost_per_1m_tokens == 1.0
     assert by_type["latency"].max_latency_ms == 800 and by_type["throughput"].min_tokens_per_sec == 50
+    assert by_type["latency"].measured and by_type["least_busy"].providers == ("local-llama", "ollama")
+    assert cfg.metrics.model_label
     assert cfg.plugins["pareto-router"].enabled and cfg.plugins["response-healing"].enabled
     keyword = cfg.classifiers["keyword"].settings
     assert keyword["word_boundary"] is True and keyword["scan"] == "last_user"

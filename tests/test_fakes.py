@@ -109,13 +109,11 @@ async def _fail_early(*, task_status=anyio.TASK_STATUS_IGNORED) -> None:
 
 def test_background_loop_start_call_and_prompt_exit():
     """start() returns the started() value; call() runs a coroutine; exit
-    cancels a task that would run forever, promptly."""
-    begin = time.monotonic()
-    with BackgroundLoop() as loop:
+    cancels a task that would run forever (exit raises after its stop_timeout otherwise)."""
+    with BackgroundLoop(stop_timeout=10) as loop:
         assert loop.start(_service, 21) == 42
         assert loop.call(anyio.sleep, 0) is None
         assert loop.call(_add, 2, 3) == 5
-    assert time.monotonic() - begin < 2
 
 
 async def _add(a: int, b: int) -> int:

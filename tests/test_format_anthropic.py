@@ -8,10 +8,7 @@ Set LLMROUTER_UPDATE_GOLDENS=1 to rewrite the derived golden files.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
-import os
-from pathlib import Path
 
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
@@ -21,37 +18,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
+import golden
+from golden import assert_golden, tagged
 from llmrouter import canonical as c
 from llmrouter import errors, sse
 from llmrouter.config import Provider
 from llmrouter.formats import anthropic
 
-WIRE = Path(__file__).parent / "wire" / "anthropic"
+WIRE = golden.WIRE / "anthropic"
 STREAMS = ["text_stream", "tool_use_stream", "thinking_stream", "error_stream"]
 STREAM_EVENT = TypeAdapter(RawMessageStreamEvent)
 
 
-def jsonable(value):
-    """Canonical values as plain JSON, each dataclass tagged with its class name."""
-    if dataclasses.is_dataclass(value):
-        fields = {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        return {"_type": type(value).__name__, **fields}
-    if isinstance(value, list):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    return value
-
-
-def assert_golden(actual: str, name: str) -> None:
-    path = WIRE / name
-    if os.environ.get("LLMROUTER_UPDATE_GOLDENS") == "1":
-        path.write_text(actual, encoding="utf-8")
-    assert actual == path.read_text(encoding="utf-8")
-
-
 def events_jsonl(events) -> str:
-    return "".join(json.dumps(jsonable(e), ensure_ascii=False) + "\n" for e in events)
+    return "".join(json.dumps(tagged(e), ensure_ascii=False) + "\n" for e in events)
 
 
 def provider(**kw) -> Provider:
@@ -79,9 +59,9 @@ def decode(data: bytes, chunks) -> tuple[list, bytes]:
 def test_claude_code_request_matches_golden():
     """A realistic Claude Code body parses into the canonical request on file."""
     req = anthropic.parse_request(claude_code_body())
-    out = jsonable(req)
+    out = tagged(req)
     out.pop("raw")
-    assert_golden(json.dumps(out, indent=1, ensure_ascii=False) + "\n", "claude_code.canonical.json")
+    assert_golden(json.dumps(out, indent=1, ensure_ascii=False) + "\n", WIRE / "claude_code.canonical.json")
 
 
 def test_claude_code_request_details():
@@ -307,7 +287,7 @@ def test_render_response_from_upstream_reply_matches_golden():
     """An Anthropic reply parsed and rendered again is valid for the SDK and unchanged."""
     data = (WIRE / "message_tool_use.upstream.json").read_bytes()
     resp = anthropic.parse_response(data, upstream_req())
-    assert_golden(json.dumps(jsonable(resp), indent=1, ensure_ascii=False) + "\n", "message_tool_use.canonical.json")
+    assert_golden(json.dumps(tagged(resp), indent=1, ensure_ascii=False) + "\n", WIRE / "message_tool_use.canonical.json")
     rendered = anthropic.render_response(resp, anthropic.parse_request(BASE))
     Message.model_validate(rendered)
     assert rendered == json.loads(data)
@@ -402,7 +382,7 @@ def test_encoder_rebuilds_each_upstream_stream(name):
     events, _ = decode(upstream, [upstream])
     encoder = anthropic.Encoder(anthropic.parse_request(BASE), "routed-model")
     out = b"".join(encoder.encode(e) for e in events) + encoder.finish()
-    assert_golden(out.decode(), f"{name}.client.sse")
+    assert_golden(out.decode(), WIRE / f"{name}.client.sse")
     assert check_client_stream(out).to_dict() == check_client_stream(upstream).to_dict()
 
 
@@ -510,7 +490,7 @@ def test_translated_request_matches_golden():
         "anthropic-beta": "tools-2024-04-04",
     }
     body = json.loads(call.body)
-    assert_golden(json.dumps(body, indent=1, ensure_ascii=False) + "\n", "translated.request.json")
+    assert_golden(json.dumps(body, indent=1, ensure_ascii=False) + "\n", WIRE / "translated.request.json")
     assert body["max_tokens"] == 4096
     assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user", "assistant"]
     assert [b["type"] for b in body["messages"][2]["content"]] == ["tool_result", "tool_result", "tool_result", "text"]
@@ -611,7 +591,7 @@ def test_decoder_matches_golden_events(name):
     data = (WIRE / f"{name}.upstream.sse").read_bytes()
     events, raw = decode(data, [data])
     assert raw == data
-    assert_golden(events_jsonl(events), f"{name}.events.jsonl")
+    assert_golden(events_jsonl(events), WIRE / f"{name}.events.jsonl")
 
 
 @pytest.mark.parametrize("name", STREAMS)

@@ -8,40 +8,21 @@ its order of appearance. Set LLMROUTER_UPDATE_GOLDENS=1 to rewrite derived files
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import golden
+from golden import assert_golden, tagged
 from llmrouter import canonical as c
 from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import ollama
 
-WIRE = Path(__file__).parent / "wire" / "ollama"
+WIRE = golden.WIRE / "ollama"
 STREAMS = ["text_stream", "tool_stream", "error_stream"]
-
-
-def jsonable(value):
-    if dataclasses.is_dataclass(value):
-        fields = {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        return {"_type": type(value).__name__, **fields}
-    if isinstance(value, list):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    return value
-
-
-def assert_golden(actual: str, name: str) -> None:
-    path = WIRE / name
-    if os.environ.get("LLMROUTER_UPDATE_GOLDENS") == "1":
-        path.write_text(actual, encoding="utf-8")
-    assert actual == path.read_text(encoding="utf-8")
 
 
 def provider(**kw) -> Provider:
@@ -68,7 +49,7 @@ def decode(data: bytes, chunks) -> tuple[list, bytes]:
     decoder = ollama.Decoder(seeded())
     frames = [f for chunk in chunks for f in decoder.feed(chunk)]
     frames += decoder.close()
-    return jsonable([e for f in frames for e in f.events]), b"".join(f.raw for f in frames)
+    return tagged([e for f in frames for e in f.events]), b"".join(f.raw for f in frames)
 
 
 # --- SPEC 14.2 -------------------------------------------------------------------------
@@ -130,7 +111,7 @@ def test_tool_conversation_matches_golden():
     assert call.path == "/api/chat"
     assert call.headers == [("content-type", "application/json"), ("authorization", "Bearer secret"), ("x-team", "a")]
     body = json.loads(call.body)
-    assert_golden(json.dumps(body, indent=1, ensure_ascii=False) + "\n", "tool_conversation.request.json")
+    assert_golden(json.dumps(body, indent=1, ensure_ascii=False) + "\n", WIRE / "tool_conversation.request.json")
     roles = [m["role"] for m in body["messages"]]
     assert roles == ["system", "user", "assistant", "tool", "tool", "tool", "user", "tool"]
     assert body["messages"][1]["images"] == ["iVBORw0KGgo="]  # the remote URL cannot be sent
@@ -158,7 +139,7 @@ def test_reply_with_tool_calls_matches_golden():
     assert resp.stop_reason == "tool_use"
     assert resp.tool_calls[0].id.startswith("call_")
     assert json.loads(resp.tool_calls[0].arguments) == {"format": "celsius", "location": "Paris, FR"}
-    assert_golden(json.dumps(jsonable(resp), indent=1, ensure_ascii=False) + "\n", "reply_tool_calls.canonical.json")
+    assert_golden(json.dumps(tagged(resp), indent=1, ensure_ascii=False) + "\n", WIRE / "reply_tool_calls.canonical.json")
 
 
 def test_reply_ids_are_unique_and_ollama_call_ids_are_kept():
@@ -210,7 +191,7 @@ def test_decoder_matches_golden_events(name):
     data = (WIRE / f"{name}.upstream.ndjson").read_bytes()
     events, raw = decode(data, [data])
     assert raw == data
-    assert_golden("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events), f"{name}.events.jsonl")
+    assert_golden("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events), WIRE / f"{name}.events.jsonl")
 
 
 @pytest.mark.parametrize("name", STREAMS)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-from pathlib import Path
 
 import httpx2 as httpx
 import openai
@@ -15,39 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+import golden
+from golden import assert_golden, pretty, tagged
 from llmrouter import canonical as c
 from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import openai as fmt
 
-WIRE = Path(__file__).parent / "wire" / "openai"
+WIRE = golden.WIRE / "openai"
 PROVIDER = Provider(name="oa", format="openai", base_url="http://127.0.0.1:8080/v1", api_key="sk-test",
                     headers=(("x-extra", "1"),))
-
-
-def assert_golden(actual: str, name: str) -> None:
-    """Compares with tests/wire/openai/<name>; LLMROUTER_UPDATE_GOLDENS=1 rewrites it."""
-    path = WIRE / name
-    if os.environ.get("LLMROUTER_UPDATE_GOLDENS") == "1":
-        path.write_bytes(actual.encode())
-    assert path.exists(), f"missing golden {path}; run with LLMROUTER_UPDATE_GOLDENS=1"
-    assert actual == path.read_bytes().decode(), f"{name} differs from its golden file"
-
-
-def to_json(value: object) -> object:
-    """Canonical values as JSON, each dataclass tagged with its type name."""
-    if dataclasses.is_dataclass(value):
-        fields = {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "raw"}
-        return {"_type": type(value).__name__, **fields}
-    if isinstance(value, list):
-        return [to_json(v) for v in value]
-    if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
-    return value
-
-
-def pretty(value: object) -> str:
-    return json.dumps(value, indent=1, ensure_ascii=False) + "\n"
 
 
 def load(name: str) -> dict:
@@ -64,7 +39,7 @@ def upstream_req() -> c.Request:
 def test_full_client_request_golden() -> None:
     """Every field a chat-completions client may send, as canonical values."""
     req = fmt.parse_request(load("chat_request.client.json"))
-    assert_golden(pretty(to_json(req)), "chat_request.canonical.json")
+    assert_golden(pretty(tagged(req, omit=("raw",))), WIRE / "chat_request.canonical.json")
     assert req.system == "You are a helpful travel assistant.\n\nAnswer in metric units."
     assert [m.role for m in req.messages] == ["user", "assistant", "user", "user"]
     user = req.messages[0].content
@@ -264,7 +239,7 @@ def test_rerendered_upstream_request_golden() -> None:
     req = dataclasses.replace(fmt.parse_request(load("chat_request.client.json")), modified=True)
     call = fmt.build_request(req, "gpt-4o-mini", PROVIDER)
     body = json.loads(call.body)
-    assert_golden(pretty(body), "chat_request.upstream.json")
+    assert_golden(pretty(body), WIRE / "chat_request.upstream.json")
     assert call.path == "/chat/completions"
     assert call.headers == [("content-type", "application/json"), ("accept", "text/event-stream"),
                             ("authorization", "Bearer sk-test"), ("x-extra", "1")]
@@ -405,7 +380,7 @@ def test_decoder_golden(name: str) -> None:
     data = (WIRE / f"{name}.upstream.sse").read_bytes()
     events, raw = decode(data, [])
     assert raw == data  # frames keep every byte, so a relay forwards them untouched
-    assert_golden("".join(json.dumps(to_json(e), ensure_ascii=False) + "\n" for e in events), f"{name}.events.jsonl")
+    assert_golden("".join(json.dumps(tagged(e, omit=("raw",)), ensure_ascii=False) + "\n" for e in events), WIRE / f"{name}.events.jsonl")
 
 
 @pytest.mark.parametrize("name", STREAMS)
@@ -506,7 +481,7 @@ def anthropic_like_events() -> list[c.StreamEvent]:
 
 def test_encoder_golden() -> None:
     out = encode(anthropic_like_events())
-    assert_golden(out.decode(), "tool_stream.client.sse")
+    assert_golden(out.decode(), WIRE / "tool_stream.client.sse")
     chunks = sse_data(out)
     assert chunks[-1] == "[DONE]"
     parsed = [ChatCompletionChunk.model_validate_json(d) for d in chunks[:-1]]

@@ -3,10 +3,7 @@ stream, each checked against golden files and the official SDK's own models."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-from pathlib import Path
 
 import httpx2 as httpx
 import openai
@@ -16,38 +13,16 @@ from hypothesis import strategies as st
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+import golden
+from golden import assert_golden, pretty, tagged
 from llmrouter import canonical as c
 from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import openai as openai_fmt
 from llmrouter.formats import responses as fmt
 
-WIRE = Path(__file__).parent / "wire" / "responses"
+WIRE = golden.WIRE / "responses"
 EVENT = TypeAdapter(ResponseStreamEvent)
-
-
-def assert_golden(actual: str, name: str) -> None:
-    """Compares with tests/wire/responses/<name>; LLMROUTER_UPDATE_GOLDENS=1 rewrites it."""
-    path = WIRE / name
-    if os.environ.get("LLMROUTER_UPDATE_GOLDENS") == "1":
-        path.write_bytes(actual.encode())
-    assert path.exists(), f"missing golden {path}; run with LLMROUTER_UPDATE_GOLDENS=1"
-    assert actual == path.read_bytes().decode(), f"{name} differs from its golden file"
-
-
-def to_json(value: object) -> object:
-    if dataclasses.is_dataclass(value):
-        fields = {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "raw"}
-        return {"_type": type(value).__name__, **fields}
-    if isinstance(value, list):
-        return [to_json(v) for v in value]
-    if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
-    return value
-
-
-def pretty(value: object) -> str:
-    return json.dumps(value, indent=1, ensure_ascii=False) + "\n"
 
 
 def codex_body() -> dict:
@@ -68,7 +43,7 @@ def simple(**extra: object) -> c.Request:
 
 def test_codex_request_golden() -> None:
     req = fmt.parse_request(codex_body())
-    assert_golden(pretty(to_json(req)), "codex_request.canonical.json")
+    assert_golden(pretty(tagged(req, omit=("raw",))), WIRE / "codex_request.canonical.json")
     assert req.system.startswith("You are Codex") and req.system.endswith("Approvals: on-request.</permissions instructions>")
     assert [m.role for m in req.messages] == ["user", "user", "assistant", "user"]
     assert req.messages[1].content[1] == c.Image("image/png", req.messages[1].content[1].data)
@@ -86,7 +61,7 @@ def test_codex_request_to_an_openai_upstream_golden() -> None:
     req = fmt.parse_request(codex_body())
     provider = Provider(name="local", format="openai", base_url="http://127.0.0.1:8080/v1")
     body = json.loads(openai_fmt.build_request(req, "qwen2.5-coder", provider).body)
-    assert_golden(pretty(body), "codex_request.openai_upstream.json")
+    assert_golden(pretty(body), WIRE / "codex_request.openai_upstream.json")
     assert [m["role"] for m in body["messages"]] == ["system", "user", "user", "assistant", "tool", "tool"]
     for dropped in ("reasoning", "include", "store", "prompt_cache_key", "instructions", "input", "text"):
         assert dropped not in body
@@ -200,7 +175,7 @@ def test_render_response_golden() -> None:
     )
     body = fmt.render_response(resp, req)
     Response.model_validate(body)
-    assert_golden(pretty(body), "reply_tools.client.json")
+    assert_golden(pretty(body), WIRE / "reply_tools.client.json")
     assert [item["type"] for item in body["output"]] == ["message", "function_call", "function_call"]
     assert body["output"][2]["arguments"] == "{}" and body["output"][2]["call_id"].startswith("call_")
     assert body["status"] == "completed" and body["incomplete_details"] is None
@@ -275,7 +250,7 @@ TOOL_EVENTS = [
 @pytest.mark.parametrize(("name", "events"), [("text_stream", TEXT_EVENTS), ("tool_stream", TOOL_EVENTS)])
 def test_encoder_golden(name: str, events: list[c.StreamEvent]) -> None:
     out = encode(events)
-    assert_golden(out.decode(), f"{name}.client.sse")
+    assert_golden(out.decode(), WIRE / f"{name}.client.sse")
     parsed = parse_stream(out)
     assert parsed[0]["type"] == "response.created" and parsed[1]["type"] == "response.in_progress"
     assert parsed[-1]["type"] == "response.completed" and parsed[-1]["response"]["status"] == "completed"
@@ -323,7 +298,7 @@ def test_sdk_stream_helper_reads_our_stream() -> None:
 
 def test_openai_upstream_stream_to_responses_client() -> None:
     """The chat-completions -> Responses pair, from a golden upstream stream."""
-    data = (Path(__file__).parent / "wire" / "openai" / "tool_stream.upstream.sse").read_bytes()
+    data = (golden.WIRE / "openai" / "tool_stream.upstream.sse").read_bytes()
     decoder = openai_fmt.Decoder(c.Request("m", []))
     events = [e for frame in decoder.feed(data) + decoder.close() for e in frame.events]
     with sdk_client(encode(events)).responses.stream(model="m", input="hi") as stream:

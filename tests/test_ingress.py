@@ -10,11 +10,7 @@ getting answers.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import random
-import socket
-import threading
 import time
 from collections import Counter
 
@@ -26,6 +22,8 @@ from fakes import FakeUpstream, Reply
 from harness import provider_config, raw_http, running_router
 from rawclient import Probe, probe, probe_many
 from reliability_report import percentile, record
+import tiers
+from tiers import within_bound
 
 CHUNKINGS = ("whole", "two", "bytes")
 HEADER_LIMIT = 8192
@@ -46,16 +44,16 @@ def config_for(url: str, server: str = LIMITS) -> str:
 
 
 def post(path: bytes = b"/v1/chat/completions", body: bytes = CHAT, extra: bytes = b"", ctype: bytes = b"application/json") -> bytes:
-    return (b"POST " + path + b" HTTP/1.1\r\nhost: t\r\ncontent-type: " + ctype + b"\r\n" + extra
+    return (b"POST " + path + b" HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: " + ctype + b"\r\n" + extra
             + b"content-length: %d\r\n\r\n" % len(body) + body)
 
 
 def get(target: bytes = b"/health", extra: bytes = b"", version: bytes = b"HTTP/1.1") -> bytes:
-    return b"GET " + target + b" " + version + b"\r\nhost: t\r\n" + extra + b"\r\n"
+    return b"GET " + target + b" " + version + b"\r\nhost: 127.0.0.1\r\n" + extra + b"\r\n"
 
 
 def chunked(*sizes_and_data: bytes, path: bytes = b"/v1/chat/completions", extra: bytes = b"") -> bytes:
-    return (b"POST " + path + b" HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n" + extra
+    return (b"POST " + path + b" HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n" + extra
             + b"transfer-encoding: chunked\r\n\r\n" + b"".join(sizes_and_data))
 
 
@@ -77,15 +75,15 @@ CORPUS: list[tuple[str, bytes, set]] = [
     ("ssh-banner", b"SSH-2.0-OpenSSH_9.6\r\n", {400, 408}),  # one line, never a blank one
     ("h2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", {505}),
     ("h2c-upgrade", get(extra=b"connection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n"), {200}),
-    ("lowercase-method", b"get /health HTTP/1.1\r\nhost: t\r\n\r\n", {404, 405, 400}),
-    ("method-with-ctl", b"GE\x01T /health HTTP/1.1\r\nhost: t\r\n\r\n", {400}),
-    ("unknown-method", b"FOO /health HTTP/1.1\r\nhost: t\r\n\r\n", {405}),
+    ("lowercase-method", b"get /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n", {404, 405, 400}),
+    ("method-with-ctl", b"GE\x01T /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n", {400}),
+    ("unknown-method", b"FOO /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n", {405}),
     ("connect", b"CONNECT 127.0.0.2:80 HTTP/1.1\r\nhost: 127.0.0.2:80\r\n\r\n", {400, 404, 405}),
-    ("options-star", b"OPTIONS * HTTP/1.1\r\nhost: t\r\n\r\n", {400, 404, 405}),
-    ("trace", b"TRACE /health HTTP/1.1\r\nhost: t\r\n\r\n", {405}),
+    ("options-star", b"OPTIONS * HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n", {400, 404, 405}),
+    ("trace", b"TRACE /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n", {405}),
     ("absolute-form", get(b"http://127.0.0.2:9/health"), {400, 404}),
     ("no-leading-slash", get(b"health"), {400, 404}),
-    ("target-with-space", b"GET /he alth HTTP/1.1\r\nhost: t\r\n\r\n", {400}),
+    ("target-with-space", b"GET /he alth HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n", {400}),
     ("target-with-nul", get(b"/health\x00"), {400}),
     ("target-with-ctl", get(b"/health\x07x"), {400}),
     ("target-8bit", get(b"/h\xe9alth"), {400, 404}),
@@ -97,23 +95,23 @@ CORPUS: list[tuple[str, bytes, set]] = [
     ("http-1.0", get(version=b"HTTP/1.0"), {200}),
     ("http-1.0-no-host", b"GET /health HTTP/1.0\r\n\r\n", {200}),
     ("http-1.2", get(version=b"HTTP/1.2"), {200, 400, 505}),
-    ("head-http-2.0", b"HEAD /health HTTP/2.0\r\nhost: t\r\n\r\n", {505}),  # a refusal to HEAD has no body
+    ("head-http-2.0", b"HEAD /health HTTP/2.0\r\nhost: 127.0.0.1\r\n\r\n", {505}),  # a refusal to HEAD has no body
     ("oversized-bad-te", post(extra=b"transfer-encoding: ch" + b"a" * HEADER_LIMIT + b"\r\n"), {431}),  # found by the soak fuzz
-    ("long-method-http-2.0", b"HEAD" + b"a" * HEADER_LIMIT + b" /health HTTP/2.0\r\nhost: t\r\n\r\n", {431}),  # found by the fuzz
-    ("head-headers-over", b"HEAD /health HTTP/1.1\r\nhost: t\r\nx-pad: " + b"a" * HEADER_LIMIT + b"\r\n\r\n", {431}),
+    ("long-method-http-2.0", b"HEAD" + b"a" * HEADER_LIMIT + b" /health HTTP/2.0\r\nhost: 127.0.0.1\r\n\r\n", {431}),  # found by the fuzz
+    ("head-headers-over", b"HEAD /health HTTP/1.1\r\nhost: 127.0.0.1\r\nx-pad: " + b"a" * HEADER_LIMIT + b"\r\n\r\n", {431}),
     ("http-2.0", get(version=b"HTTP/2.0"), {505}),
     ("http-3", get(version=b"HTTP/3"), {400, 505}),
     ("version-lowercase", get(version=b"http/1.1"), {400}),
     ("version-garbage", get(version=b"HTTX/1.1"), {400}),
-    ("double-spaces", b"GET  /health  HTTP/1.1\r\nhost: t\r\n\r\n", {400}),
-    ("tab-separators", b"GET\t/health\tHTTP/1.1\r\nhost: t\r\n\r\n", {400}),
-    ("bare-lf", b"GET /health HTTP/1.1\nhost: t\n\n", {200, 400}),
-    ("bare-cr", b"GET /health HTTP/1.1\rhost: t\r\r", {400, 408}),
+    ("double-spaces", b"GET  /health  HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n", {400}),
+    ("tab-separators", b"GET\t/health\tHTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n", {400}),
+    ("bare-lf", b"GET /health HTTP/1.1\nhost: 127.0.0.1\n\n", {200, 400}),
+    ("bare-cr", b"GET /health HTTP/1.1\rhost: 127.0.0.1\r\r", {400, 408}),
     ("leading-crlf", b"\r\n\r\n" + get(), {200, 400}),
     ("only-crlf", b"\r\n\r\n\r\n", {400, 408, "close"}),
     ("nothing", b"", {"close"}),
     ("request-line-only", b"GET /health HTTP/1.1\r\n", {408}),
-    ("headers-unfinished", b"GET /health HTTP/1.1\r\nhost: t\r\nx-a: b\r\n", {408}),
+    ("headers-unfinished", b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nx-a: b\r\n", {408}),
     # headers
     ("no-host", b"GET /health HTTP/1.1\r\n\r\n", {400}),
     ("duplicate-host", get(extra=b"host: u\r\n"), {200, 400}),
@@ -167,7 +165,7 @@ CORPUS: list[tuple[str, bytes, set]] = [
     # routes, methods, content types
     ("get-chat", get(b"/v1/chat/completions"), {405}),
     ("post-health", post(b"/health"), {405}),
-    ("delete-health", b"DELETE /health HTTP/1.1\r\nhost: t\r\n\r\n", {405}),
+    ("delete-health", b"DELETE /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n", {405}),
     ("post-unknown", post(b"/nope"), {404}),
     ("no-content-type", post().replace(b"content-type: application/json\r\n", b""), {415}),
     ("text-plain", post(ctype=b"text/plain"), {415}),
@@ -193,9 +191,9 @@ CORPUS: list[tuple[str, bytes, set]] = [
     # pipelining and smuggling
     ("pipelined-then-garbage", get() + b"GARBAGE\r\n\r\n", {200}),
     ("pipelined-100", get() * 100, {200}),
-    ("smuggle-cl-te", b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
-     b"content-length: 6\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /dashboard HTTP/1.1\r\nhost: t\r\n\r\n", {400}),
-    ("smuggle-te-space", b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+    ("smuggle-cl-te", b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+     b"content-length: 6\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /dashboard HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n", {400}),
+    ("smuggle-te-space", b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
      b"transfer-encoding : chunked\r\ncontent-length: 4\r\n\r\n0\r\n\r\n", {400}),
 ]
 
@@ -265,7 +263,9 @@ def check_invariants(name: str, results: dict[str, Probe]) -> list[str]:
             problems.append(f"{name} [{c}]: status {p.status}")
         if p.outcome == "hang":
             problems.append(f"{name} [{c}]: neither answered nor closed within {p.elapsed:.1f}s")
-        if p.says_close and (p.close_after is None or p.close_after > 2.0):
+        if p.says_close and p.close_after is None:
+            problems.append(f"{name} [{c}]: refused but not closed within the probe's {p.elapsed:.1f}s")
+        elif p.says_close and tiers.soak() and p.close_after > 2.0:  # the bound: a wall-clock limit, --soak only
             problems.append(f"{name} [{c}]: refused but not closed within 2 s ({p.close_after})")
     return problems
 
@@ -305,7 +305,7 @@ TEMPLATES = [
     post(b"/v1/messages", ANTHROPIC_CHAT),
     chunked(chunk(CHAT[:20]), chunk(CHAT[20:]), b"0\r\n\r\n"),
     post(extra=b"expect: 100-continue\r\n"),
-    b"HEAD /health HTTP/1.1\r\nhost: t\r\n\r\n",
+    b"HEAD /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n",
     get() + get(b"/v1/models"),
 ]
 INSERTS = [b"\r", b"\n", b"\r\n", b"\x00", b" ", b"\t", b":", b"\xff", b"\x7f", b"\r\n\r\n", b";", b",", b"%", b"\x1b", b"\xc3\xa9"]
@@ -410,7 +410,7 @@ def test_slowloris_is_cut_off_while_others_are_served(soak):
             while time.monotonic() < end:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 first = time.monotonic()
-                writer.write(b"GET /health HTTP/1.1\r\nhost: t\r\nx-slow: ")
+                writer.write(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nx-slow: ")
                 got = b""
 
                 async def drip() -> None:
@@ -479,11 +479,12 @@ def test_slowloris_is_cut_off_while_others_are_served(soak):
     assert {c["status"] for c in connections} == {b"408"}
     answered = [c["answered"] for c in connections]
     after = [c["closed"] - c["answered"] for c in connections]
-    assert max(after) < 2.0  # the close follows the 408
     assert all(closed for closed, _ in quiet)
-    assert failures == [] and len(latencies) >= duration / 0.1
+    assert failures == [] and latencies  # a normal client was answered all along
     record("http.slowloris", len(connections), unit="slow connections", concurrent=200, seconds=duration,
            header_timeout_s=header_timeout, answered_408_p50_s=round(percentile(answered, 50), 3),
            answered_408_max_s=round(max(answered), 3), close_after_408_max_s=round(max(after), 3),
            silent_closed=len(quiet), normal_requests=len(latencies), normal_failures=0,
            normal_p50_ms=round(percentile(latencies, 50) * 1000, 1), normal_p99_ms=round(percentile(latencies, 99) * 1000, 1))
+    within_bound(max(after), 2.0, "slowloris: seconds from the 408 to the close")
+    within_bound(duration / len(latencies), 0.1, "slowloris: seconds per normal request")

@@ -59,7 +59,7 @@ def test_sigterm_drains_32_streams_closes_feeds_flushes_and_exits_0(tmp_path):
 
         async def subscriber(ready: asyncio.Event, results: list) -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET /dashboard/events HTTP/1.1\r\nhost: t\r\n\r\n")
+            writer.write(b"GET /dashboard/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
             data = b""
             while b": connected" not in data:
                 data += await reader.read(65536)
@@ -80,9 +80,10 @@ def test_sigterm_drains_32_streams_closes_feeds_flushes_and_exits_0(tmp_path):
                        for i in range(32)]
             long = asyncio.create_task(exchange(port, "/v1/chat/completions", {**body, "model": "long"},
                                                 headers={"x-request-id": "long"}))
-            while len(fake.requests) < 33:
+            deadline = time.monotonic() + 15
+            while len(fake.requests) < 33:  # every request is in flight
+                assert time.monotonic() < deadline, f"{len(fake.requests)} of 33 requests reached the upstream"
                 await asyncio.sleep(0.01)
-            await asyncio.sleep(0.2)  # every stream has begun
             router.signal(signal.SIGTERM)
             signalled = time.monotonic()
             refused_after = None

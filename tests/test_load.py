@@ -15,20 +15,18 @@ import asyncio
 import json
 import os
 import random
-import signal
 import socket
 import time
+from collections.abc import Callable
 
 import httpcore
-import pytest
 
 from aclient import exchange
-from fakes import FakeUpstream, Fault, Hang, RecordedRequest, Reply
+from fakes import FakeUpstream, Fault, RecordedRequest, Reply
 from harness import provider_config, running_router
 from llmrouter import app as app_module
 from reliability_report import percentile, record
 from subproc import RouterProcess
-from test_chaos import SSE_HEAD
 
 # mode: (share, stream, expected status seen by the client, expected record status, error expected)
 PROFILE = {
@@ -55,6 +53,8 @@ def load_reply(request: RecordedRequest) -> Reply:
         return Reply.text("a b c d e f", chunks=6, delay=0.02, fault=Fault(after=3, kind="hang"))
     if mode == "json":
         return Reply.text("fine")
+    if mode == "leave":  # never ends by itself: only the client's hang-up ends it (a 499), however loaded the machine
+        return Reply.text("a b c d e f g h", chunks=8, delay=0.02, fault=Fault(after=4, kind="hang"))
     return Reply.text("a b c d e f g h", chunks=8, delay=0.02)
 
 
@@ -91,7 +91,7 @@ def check(mode: str, reply) -> str | None:
 
 async def feed_reader(port: int, counts: dict, stop: asyncio.Event) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /dashboard/events HTTP/1.1\r\nhost: t\r\n\r\n")
+    writer.write(b"GET /dashboard/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
     buffer = b""
     try:
         while not stop.is_set():
@@ -114,7 +114,7 @@ def stalled_subscriber(port: int) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: t\r\n\r\n")
+    sock.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
     return sock
 
 
@@ -122,6 +122,13 @@ def router_cpu(router: RouterProcess) -> float:
     """User + system CPU seconds the router process has used."""
     fields = open(f"/proc/{router.pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} after {timeout}s"
+        time.sleep(0.02)
 
 
 def subscribers(router: RouterProcess) -> int:
@@ -135,12 +142,13 @@ def test_load_with_faults_and_stalled_subscribers(tmp_path, soak):
     rng = random.Random(7)
     with FakeUpstream() as fake:
         fake.script = load_reply
-        with RouterProcess(load_config(fake.url, str(tmp_path / "log.jsonl")), tmp_path) as router:
+        log_path = tmp_path / "log.jsonl"
+        with RouterProcess(load_config(fake.url, str(log_path)), tmp_path) as router:
             port = router.port
             # Warm-up: the log file is opened by the first record.
             warm = asyncio.run(exchange(port, "/v1/chat/completions", {"model": "json", "messages": [{"role": "user", "content": "hi"}]}))
             assert warm.status == 200
-            time.sleep(0.2)
+            wait_for(lambda: log_path.exists() and log_path.read_bytes().endswith(b"\n"), "the warm-up's log line")
             base_fds = router.fds() - fake.connections_open
             stalled = [stalled_subscriber(port) for _ in range(10)]
             sent: dict[str, str] = {}  # request id -> mode
@@ -176,7 +184,7 @@ def test_load_with_faults_and_stalled_subscribers(tmp_path, soak):
                 stop = asyncio.Event()
                 counts = [{"complete": 0, "dropped": 0} for _ in range(40)]
                 readers = [asyncio.create_task(feed_reader(port, c, stop)) for c in counts]
-                await asyncio.sleep(0.5)  # all 50 subscribed
+                await asyncio.to_thread(wait_for, lambda: subscribers(router) >= 50, "50 feed subscribers")
                 started = time.monotonic()
                 end = started + duration
                 await asyncio.gather(sampler(started, end), *(client(n, end) for n in range(64)))
@@ -249,7 +257,7 @@ def test_stalled_subscriber_is_cut_off_and_the_others_keep_up(monkeypatch):
                             + '[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "fake"\n') as router:
             stalled = stalled_subscriber(router.port)
             healthy = socket.create_connection(("127.0.0.1", router.port))
-            healthy.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: t\r\n\r\n")
+            healthy.sendall(b"GET /dashboard/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
             healthy.settimeout(5)
             got = b""
             while router.app.bus.statistics()["subscribers"] < 2:

@@ -56,49 +56,60 @@ OPENAI_REPLY = json.dumps(
 
 
 class Playbook:
-    """Steps a pipeline, answering each command the way the driver would."""
+    """Steps a pipeline through every command it yields, in order, as
+    mitmproxy's playbooks do: the test names each one — `publish` an event,
+    `log` a line, `expect` (or `fail`) any other command, answering it as the
+    driver would — and `finish` checks that the pipeline has ended. A command
+    the test did not name is a failure, so no event or log line goes unchecked."""
 
     def __init__(self, body: dict[str, Any] | bytes, config_text: str = CONFIG, client_format: str = "openai") -> None:
         self.ctx = Context(config=make_config(config_text), clock_ms=lambda: 1000, monotonic=lambda: 0.0, new_seed=lambda: "5eed")
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.ex = Exchange(0, "req-1", client_format, {}, raw, events.Record(0, "req-1", client_format))
         self.gen = handle(self.ctx, self.ex)
-        self.pending = next(self.gen)
-        self.seen: list[Any] = []
+        self.pending: Any = next(self.gen)
         self.done = False
 
-    def _advance(self, reply: Any = None, throw: BaseException | None = None) -> None:
-        self.seen.append(self.pending)
+    def _take(self, kind: type, reply: Any = None, throw: BaseException | None = None) -> Any:
+        command = self.pending
+        assert not self.done, f"expected {kind.__name__}, but the pipeline has ended"
+        assert isinstance(command, kind), f"expected {kind.__name__}, got {command!r}"
         try:
             self.pending = self.gen.throw(throw) if throw else self.gen.send(reply)
         except StopIteration:
             self.done = True
+        return command
 
     def expect(self, kind: type, reply: Any = None) -> Any:
-        """Skips Publish/Log commands, checks the next real one, answers it."""
-        while isinstance(self.pending, (Publish, Log)) and kind not in (Publish, Log):
-            self._advance()
-        command = self.pending
-        assert isinstance(command, kind), f"expected {kind.__name__}, got {command!r}"
-        self._advance(reply)
-        return command
+        """The next command is a `kind`; `reply` is what the driver answers."""
+        return self._take(kind, reply)
 
     def fail(self, kind: type, error: errors.RouterError) -> Any:
-        while isinstance(self.pending, (Publish, Log)):
-            self._advance()
-        command = self.pending
-        assert isinstance(command, kind), f"expected {kind.__name__}, got {command!r}"
-        self._advance(throw=error)
-        return command
+        """The next command is a `kind`, and the driver raises `error` for it."""
+        return self._take(kind, throw=error)
+
+    def publish(self, type: str, **fields: Any) -> dict[str, Any]:
+        """The next command publishes a `type` event. Only the fields given are
+        compared: the others (ids, times) are volatile."""
+        event = self._take(Publish).event
+        assert event["type"] == type, f"expected a {type!r} event, got {event!r}"
+        assert {k: event.get(k) for k in fields} == fields, f"{type!r} event {event!r} differs from {fields!r}"
+        return event
+
+    def log(self, level: str, text: str) -> str:
+        """The next command logs a line at `level` that contains `text`."""
+        line = self._take(Log)
+        assert (line.level, text in line.message) == (level, True), f"expected a {level} line with {text!r}, got {line!r}"
+        return line.message
+
+    def routed(self, provider: str, tags: list[str] | None = None) -> None:
+        """The opening every routed request shares: start, classified, routed."""
+        self.publish("start", model="m", request_id="req-1")
+        self.publish("classified", tags=["code"] if tags is None else tags)
+        self.publish("routed", provider=provider, attempt=1)
 
     def finish(self) -> None:
-        while not self.done:
-            assert isinstance(self.pending, (Publish, Log)), f"unexpected {self.pending!r}"
-            self._advance()
-
-    @property
-    def published(self) -> list[dict]:
-        return [c.event for c in self.seen if isinstance(c, Publish)]
+        assert self.done, f"the pipeline still yields {self.pending!r}"
 
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "write python"}]}
@@ -106,16 +117,16 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "write python"}]}
 
 def test_success_event_sequence_and_record():
     p = Playbook(BODY)
+    p.routed("a")  # cheapest first
     opened = p.expect(OpenUpstream, UpstreamHead(200, []))
-    assert opened.provider.name == "a"  # cheapest first
+    assert opened.provider.name == "a"
     p.expect(ReadUpstreamBody, OPENAI_REPLY)
     start = p.expect(StartResponse)
     assert start.status == 200 and ("x-router-tags", "code") in start.headers
     body = p.expect(SendBody)
     assert body.data == OPENAI_REPLY  # same format: the upstream's bytes, untouched
     p.expect(EndResponse)
-    p.finish()
-    assert [e["type"] for e in p.published] == ["start", "classified", "routed"]
+    p.finish()  # the `complete` event is the driver's, once the response is out
     rec = p.ex.record
     assert (rec.status, rec.provider, rec.tags, rec.error) == (200, "a", ["code"], None)
     assert rec.response["content"] == "hello" and rec.usage == {"input_tokens": 3, "output_tokens": 1}
@@ -123,8 +134,11 @@ def test_success_event_sequence_and_record():
 
 def test_falls_back_before_the_first_byte():
     p = Playbook(BODY)
+    p.routed("a")
     first = p.fail(OpenUpstream, errors.UpstreamConnectError("refused"))
     assert first.provider.name == "a"
+    p.log("warning", "request req-1: refused; trying the next provider")
+    p.publish("routed", provider="b", attempt=2)
     second = p.expect(OpenUpstream, UpstreamHead(200, []))
     assert second.provider.name == "b" and second.call.path == "/v1/messages"
     p.expect(ReadUpstreamBody, json.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}}).encode())
@@ -133,14 +147,14 @@ def test_falls_back_before_the_first_byte():
     assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["content"] == "hi"
     p.expect(EndResponse)
     p.finish()
-    assert [e["provider"] for e in p.published if e["type"] == "routed"] == ["a", "b"]
     assert [(a.provider, a.outcome) for a in p.ex.record.attempts] == [("a", "error"), ("b", "ok")]
 
 
 def test_non_retryable_error_is_not_retried():
     p = Playbook(BODY)
+    p.routed("a")
     p.expect(OpenUpstream, UpstreamHead(400, [], b'{"error": {"message": "bad tools"}}'))
-    start = p.expect(StartResponse)
+    start = p.expect(StartResponse)  # no log line, no second `routed`: the client's mistake is not retried
     assert start.status == 400
     assert "bad tools" in json.loads(p.expect(SendBody).data)["error"]["message"]
     p.expect(EndResponse)
@@ -150,6 +164,7 @@ def test_non_retryable_error_is_not_retried():
 
 def test_no_fallback_after_the_stream_started():
     p = Playbook({**BODY, "stream": True})
+    p.routed("a")
     p.expect(OpenUpstream, UpstreamHead(200, []))
     first = p.expect(ReadUpstream, b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"par"},"finish_reason":null}]}\n\n')
     assert first.ping == b""  # no keep-alive before the head
@@ -168,12 +183,16 @@ def test_stream_failing_before_its_first_frame_falls_back():
     """First-chunk gate: the status line waits for the first frame, so a stall
     or an error event before it is a pre-stream failure with fallback."""
     p = Playbook({**BODY, "stream": True})
+    p.routed("a")
     assert p.expect(OpenUpstream, UpstreamHead(200, [])).provider.name == "a"
     assert p.expect(ReadUpstream, b'data: {"id":"c","object":"chat.completion.chunk","crea').ping == b""  # no keep-alive before the head...
     assert p.expect(ReadUpstream, b'"created":1,').ping == b""  # ...nor after half a frame
     p.fail(ReadUpstream, errors.UpstreamTimeout("no first chunk"))
+    p.log("warning", "request req-1: no first chunk; trying the next provider")
+    p.publish("routed", provider="b", attempt=2)
     assert p.expect(OpenUpstream, UpstreamHead(200, [])).provider.name == "b"
     p.expect(ReadUpstream, b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"busy"}}\n\n')
+    p.log("warning", "provider 'b' failed: busy")
     start = p.expect(StartResponse)
     assert start.status == 529  # the error event's status, in the client's shape
     assert "busy" in json.loads(p.expect(SendBody).data)["error"]["message"]
@@ -186,31 +205,36 @@ def test_stream_failing_before_its_first_frame_falls_back():
 def test_no_route_is_404_in_the_client_format():
     config = CONFIG.replace('type = "price"', 'type = "prefix"\nmodel_prefix = "x/"\nprovider = "a"')
     p = Playbook({**BODY, "max_tokens": 5}, config, client_format="anthropic")
+    p.publish("start", model="m", client_format="anthropic")
+    p.publish("classified", tags=["code"])  # and no `routed`
     start = p.expect(StartResponse)
     assert start.status == 404
     body = json.loads(p.expect(SendBody).data)
     assert body["type"] == "error" and "no provider configured for model 'm'" in body["error"]["message"]
     p.expect(EndResponse)
     p.finish()
-    assert [e["type"] for e in p.published] == ["start", "classified"]
     assert p.ex.record.error_code == "model_not_found"
 
 
 def test_invalid_json_still_publishes_start():
     p = Playbook(b"{oops")
+    p.publish("start", request_id="req-1")
     start = p.expect(StartResponse)
     assert start.status == 400
     p.expect(SendBody)
     p.expect(EndResponse)
     p.finish()
-    assert p.published[0]["type"] == "start"
 
 
 @pytest.mark.parametrize("attempts, expected", [(1, ["a"]), (2, ["a", "b"])])
 def test_max_attempts_bounds_fallback(attempts, expected):
     p = Playbook(BODY, CONFIG + f"\n[server]\nmax_attempts = {attempts}\n")
-    for _ in expected:
+    p.publish("start")
+    p.publish("classified")
+    for n, provider in enumerate(expected, 1):
+        p.publish("routed", provider=provider, attempt=n)
         p.fail(OpenUpstream, errors.UpstreamStatusError("busy", status=503))
+        p.log("warning", "request req-1: busy")
     start = p.expect(StartResponse)
     assert start.status == 503
     p.expect(SendBody)
@@ -222,8 +246,11 @@ def test_max_attempts_bounds_fallback(attempts, expected):
 def test_plugin_answer_skips_providers():
     config = CONFIG + '\n[plugins.pareto-router]\nenabled = true\ndefault_tier = "low"\n[plugins.pareto-router.tiers]\nlow = ["b", "a"]\n'
     p = Playbook(BODY, config)
+    p.routed("b")  # the tier's order, not the price rule's
     opened = p.expect(OpenUpstream, UpstreamHead(503, [], b"{}"))
-    assert opened.provider.name == "b"  # the tier's order, not the price rule's
+    assert opened.provider.name == "b"
+    p.log("warning", "provider 'b' returned 503")
+    p.publish("routed", provider="a", attempt=2)
     opened = p.expect(OpenUpstream, UpstreamHead(200, []))
     assert opened.provider.name == "a"
     p.expect(ReadUpstreamBody, OPENAI_REPLY)
@@ -239,6 +266,7 @@ def test_translated_bodies_stay_valid_utf8_json(text):
     """A lone surrogate (valid JSON, invalid UTF-8) must not break a translated upstream body."""
     config = CONFIG.replace('type = "price"', 'type = "prefix"\nmodel_prefix = ""\nprovider = "b"')
     p = Playbook({"model": "m", "messages": [{"role": "user", "content": text}]}, config)
+    p.routed("b", tags=[])
     opened = p.expect(OpenUpstream, UpstreamHead(200, []))
     sent = json.loads(opened.call.body.decode("utf-8"))
     assert sent["messages"][0]["content"] in (text, [{"type": "text", "text": text}])
@@ -249,6 +277,10 @@ def test_formats_get_the_time_and_ids_from_the_context_and_warnings_are_logged()
     time and an id seed, and logs at debug level what a format dropped."""
     body = {"model": "m", "input": "hi", "tools": [{"type": "web_search"}]}
     p = Playbook(body, client_format="responses")
+    p.publish("start", model="m", ts_ms=1000)
+    p.log("debug", "dropped built-in tool 'web_search'")
+    p.publish("classified", tags=[])
+    p.publish("routed", provider="a", attempt=1)
     p.expect(OpenUpstream, UpstreamHead(200, []))
     p.expect(ReadUpstreamBody, OPENAI_REPLY)
     p.expect(StartResponse)
@@ -257,7 +289,6 @@ def test_formats_get_the_time_and_ids_from_the_context_and_warnings_are_logged()
     p.finish()
     assert reply["id"] == "resp_5eed1" and reply["created_at"] == 1  # clock_ms 1000
     assert reply["output"][0]["id"] == "msg_5eed2"
-    assert Log("debug", "dropped built-in tool 'web_search'") in p.seen
 
 
 def test_every_format_module_fulfils_its_protocol():

@@ -11,7 +11,7 @@ import httpcore
 import openai
 import pytest
 
-from fakes import Close, Delay, FakeUpstream, Hang, Reply
+from fakes import Close, Delay, FakeUpstream, Fault, Hang, Reply
 from harness import provider_config, running_router
 
 MESSAGES = [{"role": "user", "content": "hello router"}]
@@ -164,11 +164,9 @@ def test_connect_failure_is_502():
 def test_timeout_is_504(fake):
     fake.enqueue(Reply.text("late").delayed(5))
     with running_router(config_for(fake.url, provider_extra="first_byte_timeout = 0.2")) as router:
-        started = time.monotonic()
-        with pytest.raises(openai.APIStatusError) as info:
+        with pytest.raises(openai.APIStatusError) as info:  # the late reply would be a 200
             client(router).chat.completions.create(model="m", messages=MESSAGES)
         assert info.value.status_code == 504
-        assert time.monotonic() - started < 3
 
 
 def test_stream_cut_short_ends_with_error_chunk_and_no_done(fake):
@@ -239,18 +237,16 @@ def test_malformed_json_is_400(fake, body):
 
 
 def test_client_disconnect_mid_stream_closes_upstream(fake):
-    fake.enqueue(Reply.text("a b c d e f g h", chunks=8, delay=0.3))
+    fake.enqueue(Reply.text("a b c d", fault=Fault(after=2, kind="hang")))  # never ends by itself
     with running_router(config_for(fake.url)) as router:
         payload = json.dumps({"model": "m", "messages": MESSAGES, "stream": True}).encode()
         with socket.create_connection(("127.0.0.1", router.port)) as sock:
             sock.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                 b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
             )
             assert b"200" in sock.recv(4096)
-        started = time.monotonic()
-        fake.wait_peer_closed(1, timeout=3)
-        assert time.monotonic() - started < 1.0
+        fake.wait_peer_closed(1, timeout=10)  # only the router can have closed it
         (record,) = router.wait_records(1)
         assert record["error_code"] == "client_disconnected"
 
@@ -261,7 +257,7 @@ def test_client_disconnect_while_waiting_closes_upstream(fake):
         payload = json.dumps({"model": "m", "messages": MESSAGES}).encode()
         with socket.create_connection(("127.0.0.1", router.port)) as sock:
             sock.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                 b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
             )
             fake.wait_until(lambda f: len(f.requests) == 1)
@@ -304,7 +300,7 @@ def test_slow_client_slows_the_upstream_instead_of_queueing():
         with socket.create_connection(("127.0.0.1", router.port)) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
             sock.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                 b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
             )
             sock.recv(4096)  # the head and a little data; then the client stalls

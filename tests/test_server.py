@@ -33,7 +33,7 @@ def fake():
 
 def post(path: bytes = b"/v1/chat/completions", body: bytes = CHAT, extra: bytes = b"") -> bytes:
     return (
-        b"POST " + path + b" HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+        b"POST " + path + b" HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
         + extra
         + b"content-length: %d\r\n\r\n" % len(body)
         + body
@@ -46,9 +46,9 @@ def responses_in(data: bytes) -> list[int]:
 
 def test_health_and_head(fake):
     with running_router(config_for(fake.url)) as router:
-        reply = raw_http(router.port, b"GET /health HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        reply = raw_http(router.port, b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
         assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"\r\n\r\nok")
-        head = raw_http(router.port, b"HEAD /health HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        head = raw_http(router.port, b"HEAD /health HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n")
         assert b"content-length: 2" in head.lower()
 
@@ -57,7 +57,7 @@ def test_keep_alive_and_pipelining_in_order(fake):
     with running_router(config_for(fake.url)) as router:
         both = (
             post()
-            + b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n"
+            + b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
             + post(body=b'{"model":"m","messages":[{"role":"user","content":"second"}]}', extra=b"connection: close\r\n")
         )
         reply = raw_http(router.port, both)
@@ -69,12 +69,12 @@ def test_keep_alive_and_pipelining_in_order(fake):
 
 def test_not_found_and_method_not_allowed_are_json(fake):
     with running_router(config_for(fake.url)) as router:
-        reply = raw_http(router.port, b"GET /nope HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        reply = raw_http(router.port, b"GET /nope HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
         assert reply.startswith(b"HTTP/1.1 404")
         assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["type"] == "not_found_error"
-        reply = raw_http(router.port, b"GET /v1/chat/completions HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        reply = raw_http(router.port, b"GET /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
         assert reply.startswith(b"HTTP/1.1 405") and b"allow: post" in reply.lower()
-        reply = raw_http(router.port, b"GET /v1/messages HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        reply = raw_http(router.port, b"GET /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
         assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["type"] == "error"  # Anthropic's shape there
 
 
@@ -82,7 +82,7 @@ def test_expect_100_continue(fake):
     with running_router(config_for(fake.url)) as router:
         with socket.create_connection(("127.0.0.1", router.port), timeout=5) as sock:
             sock.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                 b"expect: 100-continue\r\ncontent-length: %d\r\n\r\n" % len(CHAT)
             )
             assert sock.recv(1024).startswith(b"HTTP/1.1 100")
@@ -103,7 +103,7 @@ def test_body_over_limit_is_413(fake):
         reply = raw_http(router.port, post(body=b'{"model":"m","messages":[],"x":"' + b"a" * 2000 + b'"}'))
         assert reply.startswith(b"HTTP/1.1 413")
         chunked = (
-            b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
             b"transfer-encoding: chunked\r\n\r\n" + b"".join(b"200\r\n" + b"a" * 0x200 + b"\r\n" for _ in range(4)) + b"0\r\n\r\n"
         )
         assert raw_http(router.port, chunked).startswith(b"HTTP/1.1 413")
@@ -113,23 +113,23 @@ def test_body_over_limit_is_413(fake):
 
 def test_slow_headers_get_408_and_close(fake):
     with running_router(config_for(fake.url, "header_timeout = 0.3")) as router:
+        # The socket timeout (5 s) only keeps the test from hanging: reading to
+        # the end proves the router closed the connection after its 408.
         with socket.create_connection(("127.0.0.1", router.port), timeout=5) as sock:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\n")
-            started = time.monotonic()
-            data = sock.recv(65536)
-            assert data.startswith(b"HTTP/1.1 408")
-            assert sock.recv(65536) in (b"",) or True
-            assert time.monotonic() - started < 2
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 408") and reply.count(b"HTTP/1.1") == 1
+            assert b"connection: close" in reply.lower()
 
 
 def test_idle_keep_alive_connection_is_closed(fake):
     with running_router(config_for(fake.url, "keepalive_timeout = 0.3")) as router:
         with socket.create_connection(("127.0.0.1", router.port), timeout=5) as sock:
-            sock.sendall(b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n")
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-            started = time.monotonic()
-            assert sock.recv(65536) == b""  # closed by the router, not by the timeout above
-            assert time.monotonic() - started < 2
+            assert sock.recv(65536) == b""  # closed by the router: the socket timeout would raise
 
 
 def test_malformed_request_line_is_400(fake):
@@ -149,9 +149,9 @@ def test_a_failing_handler_does_not_stop_the_listener(fake):
             await original(request, writer)
 
         router.app.server.handler = flaky
-        reply = raw_http(router.port, b"GET /boom HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        reply = raw_http(router.port, b"GET /boom HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
         assert reply.startswith(b"HTTP/1.1 500") and b"Traceback" not in reply
-        assert raw_http(router.port, b"GET /health HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").endswith(b"ok")
+        assert raw_http(router.port, b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").endswith(b"ok")
 
 
 def test_foreign_origin_and_form_posts_are_refused(fake):

@@ -52,7 +52,7 @@ def only_record(router, request_id: str) -> dict:
     while time.monotonic() < deadline:
         found = [r for r in router.records if r["request_id"] == request_id]
         if found:
-            time.sleep(0.05)
+            router.wait_idle()
             found = [r for r in router.records if r["request_id"] == request_id]
             assert len(found) == 1, found
             return found[0]
@@ -179,3 +179,79 @@ def test_quiet_upstream_gets_keepalives_and_the_stream_goes_on(world, monkeypatc
     slow.script = lambda r: Reply.raw(200, SSE_HEAD, [frame("c"), b"data: [DONE]\n\n"])
     assert send(router.port, "openai", "solo/m", True, "keepalive-2").complete
     assert slow.connections_opened == 1  # the first stream left its connection reusable
+
+
+# --- keep-alives without events: server.stream_idle_timeout (issue 10) -------------------
+
+STREAM_IDLE = 0.6
+NDJSON_HEAD = [("content-type", "application/x-ndjson")]
+ANTHROPIC_START = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
+    b'"model":"m","content":[],"stop_reason":null,"usage":{"input_tokens":1,"output_tokens":0}}}\n\n'
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\n\n'
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}}\n\n'
+)
+OLLAMA_START = b'{"model":"m","created_at":"2026-01-01T00:00:00Z","message":{"role":"assistant","content":"a"},"done":false}\n'
+# Per upstream format: (response head, its first real event, the keep-alive it drips).
+DRIPS = {
+    "openai": (SSE_HEAD, frame("a"), b": keep-alive\n\n"),
+    "anthropic": (SSE_HEAD, ANTHROPIC_START, b'event: ping\ndata: {"type": "ping"}\n\n'),
+    "ollama": (NDJSON_HEAD, OLLAMA_START, b" \n\n"),
+}
+
+
+@pytest.fixture
+def drippers():
+    """One upstream per format, with idle and total limits far beyond the
+    event limit: only stream_idle_timeout can end a dripping stream."""
+    with FakeUpstream() as openai_up, FakeUpstream() as anthropic_up, FakeUpstream() as ollama_up:
+        fakes = {"openai": openai_up, "anthropic": anthropic_up, "ollama": ollama_up}
+        text = f"[server]\nport = 0\nstream_idle_timeout = {STREAM_IDLE}\nbreaker_failures = 1000\n"
+        for fmt, fake in fakes.items():
+            base = fake.url + "/v1" if fmt == "openai" else fake.url
+            text += (f'[[providers]]\nname = "{fmt}-up"\nformat = "{fmt}"\nbase_url = "{base}"\n'
+                     "first_byte_timeout = 30\nidle_timeout = 30\ntotal_timeout = 60\n")
+        for fmt in fakes:
+            text += f'[[routers]]\ntype = "prefix"\nmodel_prefix = "{fmt}/"\nprovider = "{fmt}-up"\n'
+        with running_router(text) as router:
+            yield router, fakes
+
+
+def keepalives(drip: bytes, seconds: float = 20.0, every: float = 0.05) -> list:
+    """Keep-alive bytes every `every` seconds for far longer than any limit in the test."""
+    return [a for _ in range(int(seconds / every)) for a in (drip, Delay(every))]
+
+
+@pytest.mark.parametrize("upstream", list(DRIPS))
+def test_keepalives_without_events_end_a_started_stream_in_band(drippers, upstream):
+    router, fakes = drippers
+    head, first, drip = DRIPS[upstream]
+    fakes[upstream].script = lambda r: Reply.raw(200, head, [first, *keepalives(drip)])
+    request_id = f"drip-events-{upstream}"
+    got = send(router.port, "openai", f"{upstream}/m", True, request_id)
+    assert got.status == 200 and not got.complete, got.body
+    assert b'"content": "a"' in got.body or b'"content":"a"' in got.body
+    assert b'data: {"error":' in got.body and b"[DONE]" not in got.body
+    rec = only_record(router, request_id)
+    assert rec["error"] == f"provider '{upstream}-up': no stream event for {STREAM_IDLE:g}s, only keep-alives", rec
+    assert rec["error_code"] == "upstream_timeout" and rec["response"]["content"] == "a"
+    fakes[upstream].wait_peer_closed(1)  # the dripping upstream was hung up on
+    record(f"timeouts.stream_idle_{upstream}_s", round(got.seconds, 3), unit="s", configured=STREAM_IDLE)
+
+
+@pytest.mark.parametrize("upstream", list(DRIPS))
+def test_keepalives_from_the_start_are_a_504_before_the_first_byte(drippers, upstream):
+    router, fakes = drippers
+    head, _, drip = DRIPS[upstream]
+    fakes[upstream].script = lambda r: Reply.raw(200, head, keepalives(drip))
+    request_id = f"drip-nothing-{upstream}"
+    # A client of another format: its stream is translated, so keep-alives
+    # alone send it nothing. (A same-format relay forwards them: that stream
+    # has started, and ends in-band as above.)
+    client = "openai" if upstream == "anthropic" else "anthropic"
+    got = send(router.port, client, f"{upstream}/m", True, request_id)
+    assert got.status == 504, got.body
+    assert "no stream event" in json.loads(got.body)["error"]["message"]
+    rec = only_record(router, request_id)
+    assert rec["status"] == 504 and rec["error"].endswith(f"no stream event for {STREAM_IDLE:g}s, only keep-alives"), rec
+    fakes[upstream].wait_peer_closed(1)

@@ -1,11 +1,13 @@
 """The TUI: its state machine and drawing as pure functions, then the real
-program in a pseudo-terminal read by pyte, against a real router."""
+program against a real router: in a pseudo-terminal read by pyte, and in a
+real tmux (the terminal multiplexer users run it in)."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import pty
+import shlex
 import signal
 import socket
 import struct
@@ -24,6 +26,7 @@ from hypothesis import strategies as st
 
 from fakes import FakeUpstream
 from harness import provider_config, running_router
+from tiers import need_tool
 from llmrouter import tui_state as ts
 from llmrouter.tui_state import QUIT, Send, State, chat_frame, http_error, on_key, plain, reduce, render, text_width, wrap
 
@@ -218,7 +221,8 @@ def test_reading_the_routers_stream_and_error_bodies():
 
 
 def test_curses_keys_get_their_names():
-    curses = pytest.importorskip("curses")
+    import curses
+
     from llmrouter.tui import key_name
 
     assert [key_name(k) for k in ("\t", "\r", "\n", "\x1b", "\x7f", "\x03", "q", "é", "\x01")] == ["tab", "enter", "enter", "esc", "backspace", "ctrl-c", "q", "é", None]
@@ -247,7 +251,6 @@ def test_every_size_draws_exactly_the_window(height, width):
 
 
 def test_every_glyph_of_the_frame_has_an_ascii_stand_in():
-    pytest.importorskip("curses")
     from llmrouter.tui import ASCII
 
     s = State(focus="chat")
@@ -471,3 +474,97 @@ def test_tui_waits_for_a_missing_router_and_quits_on_ctrl_c():
         assert term.proc.wait(10) == 0
     finally:
         term.close()
+
+
+def test_stats_show_each_providers_live_measurements():
+    s = State()
+    reduce(s, complete(1, "paid"))
+    measured = {"type": "measured", "v": 1, "ts_ms": TS, "samples": 4, "in_flight": 2, "ttft_ms": 412.4, "duration_ms": 900.0, "tokens_per_sec": 55.6, "error_rate": 0.25}
+    reduce(s, {**measured, "provider": "paid"})
+    reduce(s, {**measured, "provider": "down", "in_flight": 0, "ttft_ms": None, "tokens_per_sec": None, "error_rate": 1.0, "samples": 0})
+    text = screen(s, width=200)
+    assert "   now: 2 in flight · ttft 412ms · 56 tok/s · 25% err · 4 samples" in text
+    # A provider that never answered still shows how it is doing.
+    assert " down  0 (0%)" in text and "   now: 0 in flight · ttft – · – · 100% err · 0 samples" in text
+
+
+# --- end to end: the real program in a real tmux ---------------------------------------------
+
+
+class Tmux:
+    """A private tmux server (its own socket, no user config) running one
+    program in a detached 120×40 session; the screen is read with capture-pane."""
+
+    def __init__(self, tmp_path: Path, command: list[str], env: dict[str, str]) -> None:
+        self.binary = need_tool("tmux", hint="CI installs Debian's tmux")
+        conf = tmp_path / "tmux.conf"
+        conf.write_text("set -g remain-on-exit on\n")  # the pane stays, so its exit status can be read
+        self.base = [self.binary, "-S", str(tmp_path / "tmux.sock"), "-f", str(conf)]
+        self.env = env
+        self.run("new-session", "-d", "-s", "t", "-x", "120", "-y", "40", shlex.join(command))
+
+    def run(self, *args: str) -> str:
+        done = subprocess.run([*self.base, *args], env=self.env, capture_output=True, text=True, timeout=10)
+        assert done.returncode == 0, f"tmux {' '.join(args)}: {done.stderr}"
+        return done.stdout
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "t")
+
+    def pane(self, field: str) -> str:
+        return self.run("display-message", "-p", "-t", "t", "#{" + field + "}").strip()
+
+    def wait(self, *needles: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.screen()
+            if all(n in text for n in needles):
+                return text
+            if self.pane("pane_dead") == "1" or time.monotonic() > deadline:
+                raise AssertionError(f"waiting for {needles}; pane dead: {self.pane('pane_dead')}; the screen shows:\n{text}")
+            time.sleep(0.05)
+
+    def keys(self, *keys: str, literal: bool = False) -> None:
+        self.run("send-keys", "-t", "t", *(["-l"] if literal else []), *keys)
+
+    def close(self) -> None:
+        subprocess.run([*self.base, "kill-server"], env=self.env, capture_output=True, timeout=10)
+
+
+def test_tui_in_a_real_tmux_shows_a_request_and_chats(tmp_path):
+    port = free_port()
+    with FakeUpstream() as fake:
+        text = CONFIG.format(port=port, provider=provider_config(fake.url))
+        with running_router(text) as router:
+            env = {**os.environ, "PYTHONPATH": str(ROOT), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+            term = Tmux(tmp_path, [sys.executable, "-m", "llmrouter", "tui", router.url, "--model", "gpt-chat"], env)
+            try:
+                term.wait("● live", "Chat  model: gpt-chat")
+                client = openai.OpenAI(base_url=router.url + "/v1", api_key="k", max_retries=0)
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "write python to sort a list"}])
+                (record,) = router.wait_records(1)
+                screen = term.wait("reply: echo: write python to sort a list")
+                assert f"fake  gpt-4o-mini  [code]  {record['duration_ms']}ms" in screen
+                assert "1 requests  0 errors" in screen
+
+                term.keys("Tab")
+                term.wait("Enter send  Esc back")
+                term.keys("hello from tmux", literal=True)
+                term.keys("Enter")
+                screen = term.wait("echo: hello from tmux", "2 requests")
+                assert "you: hello from tmux" in screen
+                assert fake.requests[-1].json["messages"] == [{"role": "user", "content": "hello from tmux"}]
+
+                term.keys("Escape")
+                term.wait("q quit")
+                term.keys("q")
+                deadline = time.monotonic() + 10
+                # tmux may see the pty close before it has reaped the process:
+                # the pane is dead a moment before its exit status is known.
+                while term.pane("pane_dead") != "1" or term.pane("pane_dead_status") == "":
+                    assert time.monotonic() < deadline, f"the TUI did not quit on q: dead={term.pane('pane_dead')} signal={term.pane('pane_dead_signal')}\n{term.screen()}"
+                    time.sleep(0.05)
+                assert term.pane("pane_dead_status") == "0"
+                assert "Traceback" not in term.screen()
+            finally:
+                term.close()

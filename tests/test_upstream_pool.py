@@ -9,21 +9,25 @@ No timing thresholds: timeouts are set short and only their outcome is checked.
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import socket
+import ssl
 import struct
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import anyio
 import anyio.abc
 import pytest
 from anyio.abc import SocketAttribute
+from anyio.streams.tls import TLSListener
 
 from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import UpstreamCall
 from llmrouter.upstream import Upstreams
+from tiers import need_tool
 
 pytestmark = pytest.mark.anyio
 
@@ -74,11 +78,15 @@ class ScriptedServer:
         self.requests: list[tuple[int, bytes]] = []  # (connection number, request body)
         self.closed_by_client: list[int] = []
         self.first_reads: list[bytes] = []  # the first bytes received on each connection
+        self.port = 0
 
-    async def serve(self, host: str = "127.0.0.1", *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        listener = await anyio.create_tcp_listener(local_host=host)
+    async def serve(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None, *,
+                    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        tcp = await anyio.create_tcp_listener(local_host=host)
+        self.port = tcp.extra(SocketAttribute.local_port)
+        listener = TLSListener(tcp, tls, standard_compatible=False) if tls else tcp
         async with listener:
-            task_status.started(listener.extra(SocketAttribute.local_port))
+            task_status.started(self.port)
             await listener.serve(self.connection)
 
     async def connection(self, stream: anyio.abc.SocketStream) -> None:
@@ -116,6 +124,35 @@ def provider(port: int, **settings: object) -> Provider:
     return Provider(name="fake", format="openai", base_url=f"http://127.0.0.1:{port}/v1", **settings)  # type: ignore[arg-type]
 
 
+@contextlib.asynccontextmanager
+async def pooled(handler: Handler = answer_ok, *, host: str = "127.0.0.1", tls: TrustedTLS | None = None,
+                 **settings: object) -> AsyncIterator[tuple[ScriptedServer, Provider, Upstreams]]:
+    """The set-up of most tests here: a ScriptedServer running `handler` (over
+    TLS when `tls` is given, with the provider trusting its certificate), and
+    an Upstreams holding one provider "fake" (with `settings`) that points at
+    it; both are closed at the end."""
+    server = ScriptedServer(handler)
+    if tls is not None:
+        settings.setdefault("ca_bundle", tls.ca_bundle)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(server.serve, host, tls.server if tls else None)
+        address = f"[{host}]" if ":" in host else host
+        scheme = "https" if tls else "http"
+        prov = Provider(name="fake", format="openai", base_url=f"{scheme}://{address}:{port}/v1", **settings)  # type: ignore[arg-type]
+        upstreams = Upstreams((prov,))
+        try:
+            yield server, prov, upstreams
+        finally:
+            await upstreams.aclose()
+            tg.cancel_scope.cancel()
+
+
+def waiting_for_a_slot(upstreams: Upstreams, name: str) -> int:
+    """Requests queued at the pool for one of its max_connections slots."""
+    slots = upstreams._pools[name]._slots
+    return slots.statistics().tasks_waiting if slots is not None else 0
+
+
 async def fetch(upstreams: Upstreams, prov: Provider) -> bytes:
     stream = await upstreams.open(prov, CALL)
     try:
@@ -127,38 +164,26 @@ async def fetch(upstreams: Upstreams, prov: Provider) -> bytes:
 
 async def test_connections_are_reused_across_requests() -> None:
     """Sequential requests travel on one kept-alive connection."""
-    server = ScriptedServer()
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(server.serve)
-        prov = provider(port)
-        upstreams = Upstreams((prov,))
+    async with pooled() as (server, prov, upstreams):
         for _ in range(5):
             assert await fetch(upstreams, prov) == OK_BODY
         assert server.accepted == 1
         assert [conn for conn, _ in server.requests] == [1] * 5
         assert server.requests[0][1] == CALL.body
         assert upstreams.pool_stats("fake") == {"open": 1, "idle": 1, "opened": 1}
-        await upstreams.aclose()
-        tg.cancel_scope.cancel()
 
 
 async def test_request_line_and_headers_reach_the_upstream() -> None:
-    server = ScriptedServer()
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(server.serve)
-        prov = provider(port)
-        upstreams = Upstreams((prov,))
+    async with pooled() as (server, prov, upstreams):
         await fetch(upstreams, prov)
         first = server.first_reads[0]
         head = first.split(b"\r\n\r\n")[0].lower() + b"\r\n"
         assert head.startswith(b"post /v1/chat/completions http/1.1\r\n")
-        assert b"\r\nhost: 127.0.0.1:%d\r\n" % port in head
+        assert b"\r\nhost: 127.0.0.1:%d\r\n" % server.port in head
         assert b"\r\ncontent-length: %d\r\n" % len(CALL.body) in head
         assert b"\r\ncontent-type: application/json\r\n" in head
         # Head and body leave in one write (the pool holds writes until the read).
         assert first.endswith(CALL.body)
-        await upstreams.aclose()
-        tg.cancel_scope.cancel()
 
 
 async def test_ipv6_literal_upstream() -> None:
@@ -168,15 +193,9 @@ async def test_ipv6_literal_upstream() -> None:
             probe.bind(("::1", 0))
     except OSError:
         pytest.skip("no IPv6 loopback here")
-    server = ScriptedServer()
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(server.serve, "::1")
-        prov = Provider(name="v6", format="openai", base_url=f"http://[::1]:{port}/v1")
-        upstreams = Upstreams((prov,))
+    async with pooled(host="::1") as (server, prov, upstreams):
         assert await fetch(upstreams, prov) == OK_BODY
-        assert b"\r\nhost: [::1]:%d\r\n" % port in server.first_reads[0].lower()
-        await upstreams.aclose()
-        tg.cancel_scope.cancel()
+        assert b"\r\nhost: [::1]:%d\r\n" % server.port in server.first_reads[0].lower()
 
 
 async def test_response_closed_early_closes_its_connection() -> None:
@@ -193,11 +212,7 @@ async def test_response_closed_early_closes_its_connection() -> None:
         await wire.send(ok_response())
         return True
 
-    server = ScriptedServer(stream_then_wait)
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(server.serve)
-        prov = provider(port)
-        upstreams = Upstreams((prov,))
+    async with pooled(stream_then_wait) as (server, prov, upstreams):
         stream = await upstreams.open(prov, CALL)
         assert await stream.read() == b"data: "
         await stream.aclose()
@@ -206,8 +221,6 @@ async def test_response_closed_early_closes_its_connection() -> None:
         assert upstreams.pool_stats("fake")["open"] == 0
         assert await fetch(upstreams, prov) == OK_BODY
         assert server.accepted == 2
-        await upstreams.aclose()
-        tg.cancel_scope.cancel()
 
 
 async def test_cancelled_read_closes_its_connection() -> None:
@@ -220,11 +233,7 @@ async def test_cancelled_read_closes_its_connection() -> None:
         saw_close.set()
         return False
 
-    server = ScriptedServer(stall)
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(server.serve)
-        prov = provider(port)
-        upstreams = Upstreams((prov,))
+    async with pooled(stall) as (server, prov, upstreams):
         stream = await upstreams.open(prov, CALL)
         assert await stream.read() == b"hi"
         with anyio.move_on_after(0.05) as scope:
@@ -234,8 +243,6 @@ async def test_cancelled_read_closes_its_connection() -> None:
         with anyio.fail_after(5):
             await saw_close.wait()
         assert upstreams.pool_stats("fake") == {"open": 0, "idle": 0, "opened": 1}
-        await upstreams.aclose()
-        tg.cancel_scope.cancel()
 
 
 async def test_cancelled_open_leaves_the_pool_consistent() -> None:
@@ -249,18 +256,12 @@ async def test_cancelled_open_leaves_the_pool_consistent() -> None:
         await wire.send(ok_response())
         return True
 
-    server = ScriptedServer(slow_first)
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(server.serve)
-        prov = provider(port, max_connections=1)
-        upstreams = Upstreams((prov,))
+    async with pooled(slow_first, max_connections=1) as (server, prov, upstreams):
         with anyio.move_on_after(0.05):
             await upstreams.open(prov, CALL)
         assert upstreams.pool_stats("fake")["open"] == 0
         with anyio.fail_after(5):
             assert await fetch(upstreams, prov) == OK_BODY
-        await upstreams.aclose()
-        tg.cancel_scope.cancel()
 
 
 async def test_idle_connection_closed_by_the_server_is_replaced() -> None:
@@ -271,11 +272,7 @@ async def test_idle_connection_closed_by_the_server_is_replaced() -> None:
         await wire.send(ok_response())
         return False
 
-    server = ScriptedServer(answer_and_hang_up)
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(server.serve)
-        prov = provider(port)
-        upstreams = Upstreams((prov,))
+    async with pooled(answer_and_hang_up) as (server, prov, upstreams):
         for i in range(3):
             assert await fetch(upstreams, prov) == OK_BODY
             # Let the server's FIN arrive before the next request.
@@ -284,8 +281,6 @@ async def test_idle_connection_closed_by_the_server_is_replaced() -> None:
                     await anyio.sleep(0.001)
         assert server.accepted == 3
         assert upstreams.pool_stats("fake")["open"] == 1
-        await upstreams.aclose()
-        tg.cancel_scope.cancel()
 
 
 async def test_dead_idle_connection_missed_by_the_check_is_retried_once() -> None:
@@ -301,24 +296,17 @@ async def test_dead_idle_connection_missed_by_the_check_is_retried_once() -> Non
             return False
         return True
 
-    server = ScriptedServer(answer_then_reset)
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(server.serve)
-        prov = provider(port)
-        upstreams = Upstreams((prov,))
+    async with pooled(answer_then_reset) as (server, prov, upstreams):
         assert await fetch(upstreams, prov) == OK_BODY
-        with anyio.fail_after(5):
-            while server.live:
-                await anyio.sleep(0.001)
-        await anyio.sleep(0.01)  # let the reset reach our socket
         pool = upstreams._pools["fake"]
         (idle,) = pool.idle
+        with anyio.fail_after(5):
+            while not idle.http.has_expired():  # the reset has reached our socket
+                await anyio.sleep(0.001)
         idle.http.has_expired = lambda: False  # the check misses it
         assert await fetch(upstreams, prov) == OK_BODY
         assert server.accepted == 2
         assert [body for _, body in server.requests] == [CALL.body, CALL.body]
-        await upstreams.aclose()
-        tg.cancel_scope.cancel()
 
 
 async def test_request_is_not_retried_once_it_was_sent() -> None:
@@ -328,17 +316,11 @@ async def test_request_is_not_retried_once_it_was_sent() -> None:
     async def hang_up(wire: Wire) -> bool:
         return False
 
-    server = ScriptedServer(hang_up)
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(server.serve)
-        prov = provider(port)
-        upstreams = Upstreams((prov,))
+    async with pooled(hang_up) as (server, prov, upstreams):
         with pytest.raises(errors.UpstreamProtocolError):
             await upstreams.open(prov, CALL)
         assert len(server.requests) == 1
         assert upstreams.pool_stats("fake")["open"] == 0
-        await upstreams.aclose()
-        tg.cancel_scope.cancel()
 
 
 async def test_max_connections_is_respected() -> None:
@@ -351,12 +333,8 @@ async def test_max_connections_is_respected() -> None:
         await wire.send(ok_response())
         return True
 
-    server = ScriptedServer(wait_for_gate)
     results: list[bytes] = []
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(server.serve)
-        prov = provider(port, max_connections=2)
-        upstreams = Upstreams((prov,))
+    async with pooled(wait_for_gate, max_connections=2) as (server, prov, upstreams):
 
         async def one() -> None:
             results.append(await fetch(upstreams, prov))
@@ -364,10 +342,9 @@ async def test_max_connections_is_respected() -> None:
         async with anyio.create_task_group() as clients:
             for _ in range(6):
                 clients.start_soon(one)
-            with anyio.fail_after(5):
-                while len(server.requests) < 2:
+            with anyio.fail_after(5):  # two at the server, the other four queued at the pool
+                while len(server.requests) < 2 or waiting_for_a_slot(upstreams, "fake") < 4:
                     await anyio.sleep(0.001)
-            await anyio.sleep(0.02)  # the other four must be queued at the pool, not at the server
             assert server.accepted == 2
             assert len(server.requests) == 2
             gate.set()
@@ -375,8 +352,6 @@ async def test_max_connections_is_respected() -> None:
         assert server.max_live == 2
         assert server.accepted == 2
         assert upstreams.pool_stats("fake")["opened"] == 2
-        await upstreams.aclose()
-        tg.cancel_scope.cancel()
 
 
 async def test_no_response_head_in_time_is_an_upstream_timeout() -> None:
@@ -384,18 +359,12 @@ async def test_no_response_head_in_time_is_an_upstream_timeout() -> None:
         await wire.wait_for_close()
         return False
 
-    server = ScriptedServer(never)
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(server.serve)
-        prov = provider(port, first_byte_timeout=0.1)
-        upstreams = Upstreams((prov,))
+    async with pooled(never, first_byte_timeout=0.1) as (server, prov, upstreams):
         with pytest.raises(errors.UpstreamTimeout) as caught:
             await upstreams.open(prov, CALL)
         assert "no response within 0.1s" in str(caught.value)
         assert caught.value.retryable
         assert upstreams.pool_stats("fake")["open"] == 0
-        await upstreams.aclose()
-        tg.cancel_scope.cancel()
 
 
 async def test_stalled_body_is_an_upstream_timeout() -> None:
@@ -406,11 +375,7 @@ async def test_stalled_body_is_an_upstream_timeout() -> None:
         await wire.wait_for_close()
         return False
 
-    server = ScriptedServer(half_body)
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(server.serve)
-        prov = provider(port, idle_timeout=0.1)
-        upstreams = Upstreams((prov,))
+    async with pooled(half_body, idle_timeout=0.1) as (server, prov, upstreams):
         stream = await upstreams.open(prov, CALL)
         try:
             with pytest.raises(errors.UpstreamTimeout):
@@ -418,8 +383,6 @@ async def test_stalled_body_is_an_upstream_timeout() -> None:
         finally:
             await stream.aclose()
         assert upstreams.pool_stats("fake")["open"] == 0
-        await upstreams.aclose()
-        tg.cancel_scope.cancel()
 
 
 async def test_connection_refused_is_an_upstream_connect_error() -> None:
@@ -450,11 +413,7 @@ async def test_upstream_error_status_is_passed_on_and_connection_kept() -> None:
             await wire.send(ok_response())
         return True
 
-    server = ScriptedServer(fail_once)
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(server.serve)
-        prov = provider(port)
-        upstreams = Upstreams((prov,))
+    async with pooled(fail_once) as (server, prov, upstreams):
         stream = await upstreams.open(prov, CALL)
         assert stream.status == 429
         assert ("retry-after", "1") in stream.headers
@@ -462,14 +421,11 @@ async def test_upstream_error_status_is_passed_on_and_connection_kept() -> None:
         await stream.aclose()
         assert await fetch(upstreams, prov) == OK_BODY
         assert server.accepted == 1
-        await upstreams.aclose()
-        tg.cancel_scope.cancel()
 
 
 @pytest.fixture
 def self_signed(tmp_path):  # type: ignore[no-untyped-def]
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
+    need_tool("openssl", hint="makes the self-signed certificate")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
@@ -482,10 +438,6 @@ def self_signed(tmp_path):  # type: ignore[no-untyped-def]
 async def test_https_upstreams_speak_tls_and_verify_the_certificate(self_signed) -> None:  # type: ignore[no-untyped-def]
     """An https base_url gets a TLS handshake with certificate checks: a
     self-signed server is refused as a connect error (and so may fall back)."""
-    import ssl
-
-    from anyio.streams.tls import TLSListener
-
     cert, key = self_signed
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
@@ -510,42 +462,35 @@ async def test_https_upstreams_speak_tls_and_verify_the_certificate(self_signed)
         tg.cancel_scope.cancel()
 
 
-async def trusted_tls_provider(tg: anyio.abc.TaskGroup, server: ScriptedServer, self_signed, monkeypatch) -> Provider:  # type: ignore[no-untyped-def]
-    """Serves `server` over TLS with the test certificate, which httpcore is
-    made to trust; returns a provider pointing at it."""
-    import ssl
+@dataclass(frozen=True)
+class TrustedTLS:
+    """A server context with the test certificate, and that certificate as
+    the provider's ca_bundle (so the router's own TLS context trusts it)."""
 
-    import httpcore._async.connection as httpcore_connection
-    from anyio.streams.tls import TLSListener
+    server: ssl.SSLContext
+    ca_bundle: str
 
+
+@pytest.fixture
+def trusted_tls(self_signed) -> TrustedTLS:  # type: ignore[no-untyped-def]
     cert, key = self_signed
-    trusting = ssl.create_default_context(cafile=str(cert))
-    monkeypatch.setattr(httpcore_connection, "default_ssl_context", lambda: trusting)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
-    tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = tcp.extra(SocketAttribute.local_port)
-    tg.start_soon(TLSListener(tcp, server_context, standard_compatible=False).serve, server.connection)
-    return Provider(name="tls", format="openai", base_url=f"https://127.0.0.1:{port}/v1")
+    return TrustedTLS(server_context, str(cert))
 
 
-async def test_https_round_trip_reuses_the_tls_connection(self_signed, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_https_round_trip_reuses_the_tls_connection(trusted_tls) -> None:  # type: ignore[no-untyped-def]
     """With the test certificate trusted, requests go through TLS and the
     second one reuses the first one's connection."""
-    server = ScriptedServer()
-    async with anyio.create_task_group() as tg:
-        prov = await trusted_tls_provider(tg, server, self_signed, monkeypatch)
-        upstreams = Upstreams((prov,))
+    async with pooled(tls=trusted_tls) as (server, prov, upstreams):
         assert await fetch(upstreams, prov) == OK_BODY
         assert await fetch(upstreams, prov) == OK_BODY
         assert server.accepted == 1
         assert [body for _, body in server.requests] == [CALL.body, CALL.body]
-        assert upstreams.pool_stats("tls") == {"open": 1, "idle": 1, "opened": 1}
-        await upstreams.aclose()
-        tg.cancel_scope.cancel()
+        assert upstreams.pool_stats("fake") == {"open": 1, "idle": 1, "opened": 1}
 
 
-async def test_tls_upstream_closing_its_connection_is_quiet(self_signed, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_tls_upstream_closing_its_connection_is_quiet(trusted_tls, caplog) -> None:  # type: ignore[no-untyped-def]
     """A TLS upstream that closes after its answer: the pooled connection is
     dropped and asyncio has nothing to warn about (TLS cannot stay half-open,
     so the wire does not ask for it there)."""
@@ -554,17 +499,12 @@ async def test_tls_upstream_closing_its_connection_is_quiet(self_signed, monkeyp
         await wire.send(ok_response())
         return False
 
-    server = ScriptedServer(answer_then_close)
-    async with anyio.create_task_group() as tg:
-        prov = await trusted_tls_provider(tg, server, self_signed, monkeypatch)
-        upstreams = Upstreams((prov,))
+    async with pooled(answer_then_close, tls=trusted_tls) as (server, prov, upstreams):
         assert await fetch(upstreams, prov) == OK_BODY
+        (idle,) = upstreams._pools["fake"].idle
         with anyio.fail_after(5):
-            while server.live:
+            while not idle.http.has_expired():  # the close has reached the router's side
                 await anyio.sleep(0.01)
-        await anyio.sleep(0.1)  # the close reaches the router's side
         assert await fetch(upstreams, prov) == OK_BODY  # on a fresh connection
         assert server.accepted == 2
-        await upstreams.aclose()
-        tg.cancel_scope.cancel()
     assert not [r for r in caplog.records if "eof_received" in r.getMessage()], caplog.text

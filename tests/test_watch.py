@@ -228,7 +228,7 @@ def test_watch_prints_requests_survives_a_restart_and_stops_on_ctrl_c():
                 client = openai.OpenAI(base_url=router.url + "/v1", api_key="k", max_retries=0)
                 client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "write python please"}])
                 router.wait_records(1)
-                start, done = router.events[0], router.events[-1]
+                start, done = router.events[0], router.records[-1]
                 assert out.until(lambda l: "⋯" in l) == f"{local_hms(start['ts_ms'])}  ⋯  gpt-test  (1 in flight)"  # piped: no colour
                 assert out.until(lambda l: "classified" in l) == "  → classified: [code]"
                 assert out.until(lambda l: "routed" in l) == "  → routed: fake/gpt-test"
@@ -264,8 +264,9 @@ def test_json_and_forced_colour():
         with running_router(text) as router:
             raw = spawn("watch", "--json", router.url)
             colored = spawn("watch", "--color", router.url)
+            stats = spawn("watch", "--stats", router.url)
             try:
-                for proc in (raw, colored):
+                for proc in (raw, colored, stats):
                     proc.err = Lines(proc.stderr)
                     proc.out = Lines(proc.stdout)
                     proc.err.until(lambda l: l.startswith("connected"))
@@ -277,7 +278,18 @@ def test_json_and_forced_colour():
                 assert got == published  # exactly what the router sent, one line each
                 line = colored.out.until(lambda l: "⋯" in l)
                 assert line.startswith("\x1b[2m") and "\x1b[94mgpt-test\x1b[0m" in line
+                line = stats.out.until(lambda l: "≈" in l)
+                assert "  fake  0 in flight · ttft " in line and " · 0% err · 1 samples" in line
             finally:
-                for proc in (raw, colored):
+                for proc in (raw, colored, stats):
                     proc.send_signal(signal.SIGINT)
                     assert proc.wait(10) == 0
+
+
+def test_stats_lines_for_live_measurements_only_with_stats(kathmandu):
+    measured = {"type": "measured", "v": 1, "ts_ms": TS, "provider": "ollama", "samples": 3, "in_flight": 1,
+                "ttft_ms": 250.2, "duration_ms": 900.0, "tokens_per_sec": 41.7, "error_rate": 0.0}
+    assert format_event(measured) is None
+    assert format_event(measured, stats=True) == "03:58:20  ≈  ollama  1 in flight · ttft 250ms · 42 tok/s · 0% err · 3 samples"
+    fresh = {**measured, "ttft_ms": None, "tokens_per_sec": None, "error_rate": None, "samples": 0}
+    assert format_event(fresh, stats=True).endswith("ttft – · – · – err · 0 samples")
