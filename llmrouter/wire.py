@@ -210,5 +210,7 @@ def _time_out(waiter: asyncio.Future[None]) -> None:
 async def connect(host: str, port: int) -> Wire:
     """Opens a TCP connection (the caller bounds the wait). Raises OSError."""
     loop = asyncio.get_running_loop()
-    _, wire = await loop.create_connection(Wire, host, port, happy_eyeballs_delay=0.25)
+    # Happy eyeballs (IPv6 and IPv4 tried side by side) is asyncio's own loop's; uvloop lacks it.
+    options = {"happy_eyeballs_delay": 0.25} if isinstance(loop, asyncio.BaseEventLoop) else {}
+    _, wire = await loop.create_connection(Wire, host, port, **options)
     return wire
