@@ -61,7 +61,7 @@ TARGETS = {
     "paced_ttft_p50_ms": {1: 0.5, 16: 1.0},  # added time to first token, p50
     "paced_ttft_p99_ms": {64: 3.0},  # ... p99
 }
-STREAM_TARGETS = ("direct", "router", "compare", "wire relay", "litellm", "portkey")
+STREAM_TARGETS = ("direct", "router", "uvloop", "compare", "wire relay", "litellm", "portkey")
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class Scenario:
 SCENARIOS = {
     "paced": Scenario("mock-paced", about="the fake sends its head, waits 20 ms, then one event every 5 ms"),
     "fast": Scenario("mock-fast", about="the fake writes head, 50 events and the end in one write"),
-    "cross": Scenario("mock-fast", "anthropic", "/v1/messages", ("router", "compare"), "an Anthropic client, the openai fake writing the whole stream at once"),
+    "cross": Scenario("mock-fast", "anthropic", "/v1/messages", ("router", "uvloop", "compare"), "an Anthropic client, the openai fake writing the whole stream at once"),
     "gap": Scenario("bench-model", targets=("direct", "router", "compare"), about="the fake's --first-ms and --gap-ms"),
 }
 
@@ -175,7 +175,8 @@ def start_floor(mode: str, fake_port: int, workdir: str) -> Target:
     return Target(port, proc)
 
 
-def start_router(fake_port: int, workdir: str, log_requests: bool, src: Path = ROOT, name: str = "router") -> Target:
+def start_router(fake_port: int, workdir: str, log_requests: bool, src: Path = ROOT, name: str = "router", uvloop: str | None = None) -> Target:
+    """The router from `src`; on asyncio's loop, or on uvloop imported from the folder `uvloop`."""
     port = free_port()
     config = Path(workdir) / f"{name}.toml"
     config.write_text(
@@ -198,8 +199,11 @@ model_prefix = ""
 provider = "fake"
 """
     )
-    env = {**os.environ, "PYTHONPATH": str(src) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    paths = [str(src), *([uvloop] if uvloop else []), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     env.pop("OPENAI_API_KEY", None)
+    if not uvloop:
+        env["LLMROUTER_LOOP"] = "asyncio"  # the default install's loop, even where uvloop is installed
     argv = [sys.executable, "-m", "llmrouter", "serve", str(config), "--port", str(port)]
     err = Path(workdir) / f"{name}.err"
     proc = subprocess.Popen(pinned(ROUTER_CORE, argv), cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=open(err, "w"))
@@ -393,7 +397,7 @@ def table(results: dict[str, Any]) -> str:
     if others:
         lines += [
             "",
-            "Other servers measured in the same rounds (compare: the router from --compare; wire relay / relay: the "
+            "Other servers measured in the same rounds (uvloop: the router on uvloop; compare: the router from --compare; wire relay / relay: the "
             "minimal h11-in, httpcore-out relay on llmrouter's wires / on anyio streams; bare: a canned-reply h11 server; "
             "litellm, portkey: the peers)",
             "",
@@ -459,6 +463,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         targets: dict[str, Target] = {"direct": Target(fake_port)}
         try:
             targets["router"] = start_router(fake_port, workdir, args.log_requests)
+            if args.uvloop:
+                targets["uvloop"] = start_router(fake_port, workdir, args.log_requests, name="uvloop", uvloop=args.uvloop)
             if args.compare:
                 targets["compare"] = start_router(fake_port, workdir, args.log_requests, Path(args.compare).resolve(), "compare")
             if args.floors:
@@ -512,6 +518,7 @@ def main() -> None:
     ap.add_argument("--no-log", dest="log_requests", action="store_false", help="turn the router's JSONL request log off")
     ap.add_argument("--floors", action="store_true", help="also measure bench/bare_server.py as a canned-reply server and as minimal relays (on anyio streams and on wires)")
     ap.add_argument("--compare", metavar="SRC", help="also measure the router from this directory (one holding an llmrouter package), for A/B comparisons")
+    ap.add_argument("--uvloop", metavar="DIR", help="also measure the router on uvloop, imported from DIR (e.g. pip install --target DIR uvloop)")
     ap.add_argument("--peers", metavar="DIR", help="also measure LiteLLM's proxy and Portkey's gateway installed under DIR (see docs/performance.md)")
     ap.add_argument("--router-core", type=int, default=0, help="core for the servers under test (default 0; the fake and load generator use core 1)")
     ap.add_argument("--nice", type=int, default=0, help="run all processes at this nice level (e.g. -10, needs root) so that other work on a shared machine disturbs them less")
