@@ -32,7 +32,7 @@ from llmrouter.commands import (
 )
 from llmrouter.pipeline import CLIENT_FORMATS, Exchange, Pipeline, dump_json
 from llmrouter.upstream import Upstreams, UpstreamStream
-from llmrouter.wire import fair_turn
+from llmrouter.wire import body_turn
 
 log = logging.getLogger("llmrouter")
 
@@ -222,7 +222,7 @@ class _Run:
         give_up = min(quiet_until, self.deadline, events_until)
         keepalive = (cmd.ping_after, functools.partial(self.writer.send, cmd.ping)) if cmd.ping else None
         if stream.held:  # more has arrived, but others have waited long enough
-            await fair_turn()
+            await body_turn()
         try:
             # Checked before reading too: a read of bytes already buffered may return without waiting.
             if time.monotonic() >= give_up:

@@ -21,7 +21,9 @@ send buffer is above its high-water mark, so a slow reader slows the writer.
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -200,6 +202,39 @@ async def fair_turn() -> None:
     """Lets the other ready tasks run first, if there are any."""
     if others_ready():
         await asyncio.sleep(0)
+
+
+async def body_turn() -> None:
+    """Waits, if other tasks are ready, for this stream's next turn to go on
+    with a body: one body goes on per event-loop iteration, while everything
+    else that is ready runs in every iteration, so a request working towards
+    its response head never waits for a row of other streams' bodies."""
+    if not others_ready():
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        lane = _LANES.setdefault(loop, collections.deque())
+    except TypeError:  # a loop that takes no weak reference: a plain turn
+        await asyncio.sleep(0)
+        return
+    turn = loop.create_future()
+    lane.append(turn)
+    if len(lane) == 1:
+        loop.call_soon(_next_body, lane)
+    await turn
+
+
+def _next_body(lane: collections.deque[asyncio.Future[None]]) -> None:
+    while lane:
+        turn = lane.popleft()
+        if not turn.done():  # a cancelled waiter's turn passes on
+            turn.set_result(None)
+            break
+    if lane:
+        asyncio.get_running_loop().call_soon(_next_body, lane)  # the next one in the next iteration
+
+
+_LANES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, collections.deque[asyncio.Future[None]]] = weakref.WeakKeyDictionary()
 
 
 def _time_out(waiter: asyncio.Future[None]) -> None:
