@@ -37,7 +37,12 @@ from llmrouter.upstream import Upstreams
 
 log = logging.getLogger("llmrouter")
 
-CHAT_ROUTES = {"/v1/chat/completions": "openai", "/v1/messages": "anthropic", "/v1/responses": "responses"}
+# POST endpoints served by the pipeline -> their client format (pipeline.CLIENT_FORMATS).
+CHAT_ROUTES = {
+    "/v1/chat/completions": "openai", "/v1/messages": "anthropic", "/v1/responses": "responses",
+    "/v1/completions": "openai-completions", "/v1/embeddings": "openai-embeddings",
+    "/api/embed": "ollama-embed", "/api/embeddings": "ollama-embeddings",
+}
 GET_ROUTES = ("/health", "/v1/models", "/metrics", "/dashboard", "/dashboard/events")
 KEEPALIVE_EVERY = 15.0
 SUBSCRIBER_BUFFER = 1024
@@ -188,7 +193,7 @@ class App:
             client_format=client_format,
             headers=request.headers,
             body=request.body,
-            record=events.Record(number, request_id, client_format),
+            record=events.Record(number, request_id, *_format_and_kind(client_format), endpoint=request.path),
             refusal=refusal,
         )
         self.ctx.in_flight += 1
@@ -313,6 +318,12 @@ def _status_error(status: int, message: str) -> errors.RouterError:
     err = errors.BadRequest(message)
     err.status = status
     return err
+
+
+def _format_and_kind(client_format: str) -> tuple[str, str]:
+    """The wire format and request kind an endpoint's record shows."""
+    module = CLIENT_FORMATS[client_format]
+    return getattr(module, "FORMAT", client_format), getattr(module, "KIND", "chat")
 
 
 def _sse(event: dict[str, Any]) -> bytes:

@@ -22,6 +22,12 @@ from typing import Any, Union
 
 STOP_REASONS = ("end_turn", "max_tokens", "tool_use", "stop_sequence", "other")
 
+# Request kinds. A completion's prompt is its one user message; each
+# embedding input is a user message of its own (so classifiers and plugins
+# see their text as they see a chat's).
+CHAT, COMPLETION, EMBEDDING = "chat", "completion", "embedding"
+KINDS = (CHAT, COMPLETION, EMBEDDING)
+
 
 @dataclass
 class Text:
@@ -107,7 +113,8 @@ class Usage:
 
 @dataclass
 class Request:
-    """A chat request, whatever format it arrived in."""
+    """A request of any kind (chat, text completion, embedding), whatever
+    format it arrived in."""
 
     model: str
     messages: list[Message]
@@ -133,6 +140,11 @@ class Request:
     forced_provider: str | None = None
     forced_providers: list[str] = field(default_factory=list)  # tried in order
     modified: bool = False  # a plugin changed it: passthrough must re-render
+    kind: str = CHAT  # one of KINDS
+    suffix: str | None = None  # completion: the text after the cursor (fill-in-the-middle)
+    seed: int | None = None
+    dimensions: int | None = None  # embedding: the vector length asked for
+    encoding_format: str = "float"  # embedding: what the client wants back, "float" | "base64"
     # Set by the pipeline right after parsing, so that formats stay pure:
     now: float = 0.0  # wall clock, epoch seconds (`created` timestamps)
     id_seed: str = ""  # hex, unique per request: every id a format makes derives from it
@@ -145,6 +157,16 @@ class Request:
         (the counter) and across requests (the seed), with no randomness here."""
         self.ids_made += 1
         return f"{prefix}{self.id_seed}{self.ids_made:x}"
+
+    @property
+    def prompt(self) -> str:
+        """A completion's prompt: the text of its messages, in order."""
+        return "".join(m.text for m in self.messages)
+
+    @property
+    def inputs(self) -> list[str]:
+        """An embedding request's texts, one per message."""
+        return [m.text for m in self.messages]
 
     @property
     def last_user_text(self) -> str:
@@ -172,6 +194,26 @@ class Response:
     @property
     def tool_calls(self) -> list[ToolCall]:
         return [p for p in self.content if isinstance(p, ToolCall)]
+
+
+def completion_request(model: str, prompt: str, **fields: Any) -> Request:
+    """A text-completion request (any other Request field by keyword)."""
+    return Request(model=model, messages=[Message("user", [Text(prompt)])], kind=COMPLETION, **fields)
+
+
+def embedding_request(model: str, inputs: list[str], **fields: Any) -> Request:
+    return Request(model=model, messages=[Message("user", [Text(t)]) for t in inputs], kind=EMBEDDING, **fields)
+
+
+@dataclass
+class Embeddings:
+    """An embeddings reply: one vector per input, in input order."""
+
+    model: str
+    vectors: list[list[float]]
+    usage: Usage = field(default_factory=Usage)
+    # Ollama's timings (nanoseconds: total_duration, load_duration) when the upstream sent them.
+    durations: dict[str, int] = field(default_factory=dict)
 
 
 # --- stream events -------------------------------------------------------------
@@ -358,7 +400,14 @@ def message_to_json(message: Message) -> dict[str, Any]:
     return {"role": message.role, "content": [part_to_json(p) for p in message.content]}
 
 
-def response_to_json(response: Response) -> dict[str, Any]:
+def response_to_json(response: Response | Embeddings) -> dict[str, Any]:
+    if isinstance(response, Embeddings):  # the vectors are not logged, only their shape
+        return {
+            "model": response.model,
+            "count": len(response.vectors),
+            "dimensions": len(response.vectors[0]) if response.vectors else 0,
+            "usage": response.usage.to_json(),
+        }
     out: dict[str, Any] = {
         "id": response.id,
         "model": response.model,

@@ -66,6 +66,7 @@ class ServerConfig:
 class LoggingConfig:
     enabled: bool = False
     path: str = "logs/requests.jsonl"  # after ${VAR} and ~ expansion, made absolute by load
+    embedding_inputs: bool = False  # log embedding input texts (else only their count and sizes)
 
 
 @dataclass(frozen=True)
@@ -543,7 +544,7 @@ def host_check_warnings(server: ServerConfig) -> list[str]:
     return []
 
 
-_LOGGING_SPEC: dict[str, Check | None] = {"enabled": _bool, "path": _nonempty}
+_LOGGING_SPEC: dict[str, Check | None] = {"enabled": _bool, "path": _nonempty, "embedding_inputs": _bool}
 
 
 def _logging(r: _Reader, raw: Any, environ: Mapping[str, str], base_dir: str | None) -> LoggingConfig:
@@ -1067,7 +1068,8 @@ def describe(config: Config) -> str:
         f"listen: {url} ({bound}{auth})",
         f"allowed hosts: {_hosts_line(s)}",
         f"dashboard: {url + '/dashboard' if s.dashboard else 'off'}",
-        f"request log: {config.logging.path if config.logging.enabled else 'off'}",
+        f"request log: {config.logging.path if config.logging.enabled else 'off'}"
+        + (" (with embedding input texts)" if config.logging.enabled and config.logging.embedding_inputs else ""),
         f"metrics: {url}/metrics" + (" (with model labels)" if config.metrics.model_label else ""),
         f"providers ({len(config.providers)} active):",
     ]

@@ -95,6 +95,13 @@ class NoRoute(RouterError):
     kind = "invalid_request_error"
 
 
+class KindNotSupported(ClientError):
+    """Routing found only providers whose format has no API for the request's
+    kind (an embedding or completion for an Anthropic provider)."""
+
+    code = "unsupported_kind"
+
+
 class PluginError(RouterError):
     status = 500
     code = "plugin_error"

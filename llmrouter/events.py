@@ -16,7 +16,9 @@ from llmrouter import formats
 SCHEMA_VERSION = 1
 
 
-def start(id: int, ts_ms: int, model: str, in_flight: int, request_id: str, client_format: str, stream: bool) -> dict[str, Any]:
+def start(
+    id: int, ts_ms: int, model: str, in_flight: int, request_id: str, client_format: str, stream: bool, kind: str = "chat"
+) -> dict[str, Any]:
     return {
         "type": "start",
         "v": SCHEMA_VERSION,
@@ -26,6 +28,7 @@ def start(id: int, ts_ms: int, model: str, in_flight: int, request_id: str, clie
         "in_flight": in_flight,
         "request_id": request_id,
         "client_format": client_format,
+        "kind": kind,
         "stream": stream,
     }
 
@@ -109,6 +112,8 @@ class Record:
     id: int
     request_id: str
     client_format: str
+    kind: str = "chat"  # chat | completion | embedding
+    endpoint: str = ""  # the path the request came to, e.g. "/v1/embeddings"
     requested_model: str = ""
     sent_model: str = ""
     provider: str | None = None
@@ -124,15 +129,18 @@ class Record:
     attempts: list[Attempt] = field(default_factory=list)
     usage: dict[str, int] | None = None
     first_byte_ms: int | None = None
+    inputs: dict[str, Any] | None = None  # embeddings: {"count", "chars"} (never the texts)
 
     def complete(self, ts_ms: int, duration_ms: int) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "type": "complete",
             "v": SCHEMA_VERSION,
             "id": self.id,
             "ts_ms": ts_ms,
             "request_id": self.request_id,
             "client_format": self.client_format,
+            "kind": self.kind,
+            "endpoint": self.endpoint,
             "provider": self.provider,
             "requested_model": self.requested_model,
             "sent_model": self.sent_model or self.requested_model,
@@ -150,6 +158,9 @@ class Record:
             "error": self.error,
             "error_code": self.error_code,
         }
+        if self.inputs is not None:
+            out["inputs"] = self.inputs
+        return out
 
 
 def dumps(event: dict[str, Any]) -> str:

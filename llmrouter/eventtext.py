@@ -56,6 +56,24 @@ def prompt_of(messages: Any) -> str:
     return content_text(last.get("content")) if isinstance(last, dict) else ""
 
 
+def kind_text(event: dict[str, Any]) -> str | None:
+    """The request kind of a `start` or `complete` event when it is not a chat:
+    "completion", or "embedding ×N" (N inputs)."""
+    kind = event.get("kind")
+    if not isinstance(kind, str) or kind in ("", "chat"):
+        return None
+    inputs = event.get("inputs")
+    count = inputs.get("count") if isinstance(inputs, dict) else None
+    return clean(kind) + (f" ×{count}" if isinstance(count, int) else "")
+
+
+def reply_text(response: dict[str, Any]) -> str:
+    """A logged reply as one text: its content, or an embedding's shape (the vectors are never logged)."""
+    if "dimensions" in response and "content" not in response:
+        return f"{response.get('count', 0)} vectors × {response.get('dimensions')} dimensions"
+    return clean(response.get("content"))
+
+
 def tokens_of(event: dict[str, Any]) -> tuple[int, int]:
     """(input, output) tokens of a `complete` record, 0 when not reported."""
     usage = event.get("usage") or (event.get("response") or {}).get("usage") or {}

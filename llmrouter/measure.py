@@ -127,7 +127,12 @@ class Measurements:
             ok = outcome == "ok"
             duration = attempt.get("duration_ms")
             # Without a stream, the first token arrives with the whole reply.
-            ttft = attempt.get("first_token_ms") if record.get("stream") else duration
+            # An embedding has no tokens to generate: its quick reply would
+            # flatter the provider's time to first token for chat routing.
+            if record.get("kind") == "embedding":
+                ttft = None
+            else:
+                ttft = attempt.get("first_token_ms") if record.get("stream") else duration
             tps = out_tokens / (duration / 1000) if ok and out_tokens and duration else None
             stats = self._stats(name)
             stats.add(ok, ttft, duration, tps)

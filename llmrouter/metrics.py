@@ -30,6 +30,7 @@ OUTCOMES = {
     "method_not_allowed": "refused",
     "unsupported_media_type": "refused",
     "model_not_found": "no_route",
+    "unsupported_kind": "no_route",
     "unknown_provider": "no_route",
     "not_found": "no_route",
     "upstream_connect_error": "upstream_error",
@@ -74,7 +75,7 @@ class Metrics:
         """Counts one request from its `complete` record."""
         provider = record.get("provider") or ""  # "" = not routed
         by_provider = self._labels(provider, record.get("sent_model"))
-        endpoint = ENDPOINTS.get(record.get("client_format") or "", "")
+        endpoint = record.get("endpoint") or ENDPOINTS.get(record.get("client_format") or "", "")  # older records lack it
         outcome = OUTCOMES.get(record.get("error_code"), "error")
         _add(self.requests, (*by_provider, ("endpoint", endpoint), ("outcome", outcome)), 1)
         duration = record.get("duration_ms")
@@ -105,7 +106,7 @@ class Metrics:
         _histograms(out, "llmrouter_time_to_first_token_seconds", "Streamed requests: from sending to the provider to its first chunk.", self.ttfts)
         _family(out, "llmrouter_tokens_total", "counter", "Tokens by provider and direction, as the upstream reported them.", self.tokens.items())
         _family(out, "llmrouter_attempts_total", "counter", "Provider attempts by result; more than one per request means fallbacks.", self.attempts.items())
-        _family(out, "llmrouter_in_flight_requests", "gauge", "Chat requests in progress.", [((), in_flight)])
+        _family(out, "llmrouter_in_flight_requests", "gauge", "Requests in progress (chat, completions, embeddings).", [((), in_flight)])
         _family(out, "llmrouter_circuit_open", "gauge", "1 while a provider's circuit breaker is open or half-open.",
                 [((("provider", name),), int(is_open)) for name, is_open in circuits.items()])
         _family(out, "llmrouter_events_dropped_total", "counter", "Events live feed subscribers lost because they fell behind.", [((), events_dropped)])

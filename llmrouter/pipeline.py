@@ -37,10 +37,25 @@ from llmrouter.commands import (
 from llmrouter.config import Config
 from llmrouter.measure import Measurements
 from llmrouter.redact import Redactor
-from llmrouter.formats import anthropic, ollama, openai, responses
+from llmrouter.formats import (
+    anthropic, ollama, ollama_embed, ollama_generate, openai, openai_completions, openai_embeddings, responses,
+)
 
-CLIENT_FORMATS: dict[str, formats.ClientFormat] = {"openai": openai, "anthropic": anthropic, "responses": responses}
+# Client endpoints by name (app.py maps paths to these). A module that serves
+# another kind than chat says so in KIND, and its wire format in FORMAT.
+CLIENT_FORMATS: dict[str, formats.ClientFormat | formats.EmbeddingClientFormat] = {
+    "openai": openai, "anthropic": anthropic, "responses": responses,
+    "openai-completions": openai_completions, "openai-embeddings": openai_embeddings,
+    "ollama-embed": ollama_embed.embed_client, "ollama-embeddings": ollama_embed.embeddings_client,
+}
 UPSTREAM_FORMATS: dict[str, formats.UpstreamFormat] = {"openai": openai, "anthropic": anthropic, "ollama": ollama}
+# Upstream codecs per request kind and provider format; a format missing here
+# has no such API (Anthropic has neither completions nor embeddings).
+KIND_UPSTREAMS: dict[str, dict[str, Any]] = {  # UpstreamFormat; EmbeddingUpstreamFormat for embeddings
+    canonical.CHAT: UPSTREAM_FORMATS,
+    canonical.COMPLETION: {"openai": openai_completions, "ollama": ollama_generate},
+    canonical.EMBEDDING: {"openai": openai_embeddings, "ollama": ollama_embed},
+}
 
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 PING_AFTER = 10.0  # seconds of upstream silence before a keep-alive goes to the client
@@ -134,19 +149,21 @@ def _serve(ctx: Context, ex: Exchange, client: formats.ClientFormat) -> Pipeline
         model = body.get("model")
         rec.requested_model = model if isinstance(model, str) else ""
         rec.stream = body.get("stream") is True
-    yield Publish(events.start(ex.id, ctx.clock_ms(), rec.requested_model, ctx.in_flight, ex.request_id, ex.client_format, rec.stream))
+    yield Publish(events.start(ex.id, ctx.clock_ms(), rec.requested_model, ctx.in_flight, ex.request_id, rec.client_format, rec.stream, rec.kind))
     if ex.refusal is not None:
         raise ex.refusal
     if problem:
         raise errors.BadRequest(problem)
 
     req = client.parse_request(body)
+    rec.kind = req.kind  # an endpoint may serve more than one kind (Ollama's /api/generate with a suffix)
     # Formats read no clock and no randomness: the time and the seed of every
     # id they make come with the request.
     req.now, req.id_seed = ctx.clock_ms() / 1000, ctx.new_seed()
     yield from _log_all(req.warnings, "debug")
     req.extras["headers"] = {h: ex.headers[h] for h in FORWARDED_HEADERS if h in ex.headers}
-    _record_prompt(rec, req)
+    log_inputs = ctx.config.logging.embedding_inputs
+    _record_prompt(rec, req, log_inputs)
     active, warnings = plugins.resolve(ctx.config.plugins, req.plugins)
     if warnings:
         yield from _log_all(warnings)
@@ -161,7 +178,7 @@ def _serve(ctx: Context, ex: Exchange, client: formats.ClientFormat) -> Pipeline
         rec.tags = list(tags)
         yield Publish(events.classified(ex.id, ctx.clock_ms(), tags))
         flow = yield from _stage("pre_request", active, state, rec)
-        _record_prompt(rec, req)  # as the plugins left it
+        _record_prompt(rec, req, log_inputs)  # as the plugins left it
         if flow == plugins.CONTINUE and state.response is None:
             yield from _route(ctx, ex, client, req, state)
 
@@ -173,9 +190,11 @@ def _serve(ctx: Context, ex: Exchange, client: formats.ClientFormat) -> Pipeline
         if req.stream:
             yield from _stream_reply(ex, client, req, state.response)
 
-    healed = yield from _stage("post_response", active, state, rec)
-    if healed == plugins.CONTINUE:
-        yield from _stage("on_end", active, state, rec)
+    # Reply-side plugins see text replies only, not embedding vectors (docs/plugins.md).
+    if req.kind != canonical.EMBEDDING:
+        healed = yield from _stage("post_response", active, state, rec)
+        if healed == plugins.CONTINUE:
+            yield from _stage("on_end", active, state, rec)
     resp = state.response
     rec.response = canonical.response_to_json(resp)
     rec.usage = resp.usage.to_json()
@@ -200,10 +219,14 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
     max_attempts = server.max_attempts if server.fallback_on_error else 1
     tried: set[str] = set()
     skipped: list[str] = []  # providers whose circuit is open
+    unable: dict[str, str] = {}  # provider -> its format, which has no API for this kind: never sent one
     last_error: errors.UpstreamError | None = None
     for decision in router.decisions(req, ctx.config, ctx.discovered, ctx.rng, ctx.measurements):
         name = decision.provider.name
-        if name in tried or name in skipped:
+        if name in tried or name in skipped or name in unable:
+            continue
+        if decision.provider.format not in KIND_UPSTREAMS[req.kind]:
+            unable[name] = decision.provider.format  # on to the next decision, as for an open circuit
             continue
         if len(tried) >= max_attempts:
             break
@@ -242,12 +265,16 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
     if last_error is not None:
         raise last_error
     # router.decisions yields a decision or raises NoRoute itself, and each
-    # decision was either tried (failing above) or skipped: all circuits open.
-    wait = ctx.breakers.retry_in(skipped, ctx.monotonic())
-    raise errors.CircuitOpen(
-        f"provider(s) {', '.join(skipped)} failed repeatedly and are skipped for now; retry in {wait:.0f}s",
-        retry_after=breaker.retry_after_header(wait),
-    )
+    # decision was tried (failing above), skipped (circuit open) or unable.
+    if skipped:
+        wait = ctx.breakers.retry_in(skipped, ctx.monotonic())
+        raise errors.CircuitOpen(
+            f"provider(s) {', '.join(skipped)} failed repeatedly and are skipped for now; retry in {wait:.0f}s",
+            retry_after=breaker.retry_after_header(wait),
+        )
+    names = ", ".join(f"'{name}' (format {fmt})" for name, fmt in unable.items())
+    raise errors.KindNotSupported(f"no provider routed for model '{req.model}' can serve {req.kind} requests: "
+                                  f"provider {names} has no API for them", param="model")
 
 
 def _breaker_outcome(ctx: Context, name: str, status: int) -> Pipeline:
@@ -272,7 +299,7 @@ def _call(
         raise errors.UpstreamConnectError(
             f'provider \'{provider.name}\' has api_key_env = "{provider.api_key_env}" but that variable is not set'
         )
-    upstream = UPSTREAM_FORMATS[provider.format]
+    upstream = KIND_UPSTREAMS[req.kind][provider.format]
     call = upstream.build_request(req, decision.model, provider)
     yield from _log_all(call.warnings, "debug")
     head: UpstreamHead = yield OpenUpstream(provider, call)
@@ -289,6 +316,10 @@ def _call(
         return
     data = yield ReadUpstreamBody(MAX_REPLY_BYTES)
     state.response = upstream.parse_response(data, req)
+    if req.kind == canonical.EMBEDDING and len(state.response.vectors) != len(req.messages):
+        raise errors.UpstreamProtocolError(
+            f"provider '{provider.name}' sent {len(state.response.vectors)} embeddings for {len(req.messages)} inputs"
+        )
     if formats.passthrough(req, provider.format):
         ex.raw_reply = data
 
@@ -398,8 +429,16 @@ def _stage(stage: str, active: list[plugins.ActivePlugin], state: plugins.Plugin
     return result.flow
 
 
-def _record_prompt(rec: events.Record, req: canonical.Request) -> None:
+def _record_prompt(rec: events.Record, req: canonical.Request, log_inputs: bool) -> None:
     rec.system = req.system
+    if req.kind == canonical.EMBEDDING:
+        # Inputs can be large or private: their count and sizes only, unless
+        # [logging] embedding_inputs turns the texts on.
+        texts = req.inputs
+        rec.inputs = {"count": len(texts), "chars": [len(t) for t in texts]}
+        if not log_inputs:
+            rec.messages = []
+            return
     rec.messages = [canonical.message_to_json(m) for m in req.messages]
 
 

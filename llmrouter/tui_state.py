@@ -17,7 +17,9 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmrouter.eventtext import clean, clock_text, error_text, is_error, measured_text, model_text, prompt_of, reload_text, tokens_of
+from llmrouter.eventtext import (
+    clean, clock_text, error_text, is_error, kind_text, measured_text, model_text, prompt_of, reload_text, reply_text, tokens_of,
+)
 
 DEFAULT_MODEL = "llama3.1:8b"
 MAX_ENTRIES = 200
@@ -42,6 +44,7 @@ class Pending:
     tags: list[str] = field(default_factory=list)
     provider: str | None = None
     attempt: int = 1
+    kind: str = ""  # "completion", "embedding ×N"; "" for chat
 
 
 @dataclass
@@ -122,7 +125,9 @@ class State:
 def reduce(state: State, event: dict[str, Any]) -> State:
     kind = event.get("type")
     if kind == "start":
-        state.pending[event.get("id")] = Pending(event.get("id"), _int(event.get("ts_ms")), clean(event.get("model")))
+        state.pending[event.get("id")] = Pending(
+            event.get("id"), _int(event.get("ts_ms")), clean(event.get("model")), kind=kind_text(event) or ""
+        )
     elif kind == "classified":
         if event.get("id") in state.pending:
             state.pending[event["id"]].tags = [clean(t) for t in event.get("tags") or []]
@@ -401,6 +406,8 @@ def _feed_pane(cv: Canvas, s: State, y: int, x: int, h: int, w: int, now_ms: int
                 line.append((f"  (fallback, attempt {p.attempt})", "yellow"))
         else:
             line.append((p.model, "dim"))
+        if p.kind:
+            line.append((f"  {p.kind}", "bold"))
         line += [(f"  [{t}]", "yellow") for t in p.tags]
         line.append((f"  {_elapsed(now_ms - p.ts_ms)}", "dim"))
         lines += [line, []]
@@ -420,6 +427,9 @@ def _entry_lines(e: dict[str, Any], prices: dict[str, float | None], utc_offset_
     head = [(clock_text(e.get("ts_ms"), utc_offset_s) + "  ", "dim"), (clean(e.get("provider") or "(no provider)"), "bold")]
     first, rewritten = model_text(e)
     head.append((f"  {first} → {rewritten}" if rewritten else f"  {first}", "blue"))
+    request_kind = kind_text(e)
+    if request_kind:
+        head.append((f"  {request_kind}", "bold"))
     head += [(f"  [{clean(t)}]", "yellow") for t in e.get("tags") or []]
     head += [(f"  ({clean(p)})", "magenta") for p in e.get("plugins") or []]
     head.append((f"  {e.get('duration_ms', 0)}ms", "red" if failed else "dim"))
@@ -437,7 +447,7 @@ def _entry_lines(e: dict[str, Any], prices: dict[str, float | None], utc_offset_
     if failed:
         lines.append([("  error: ", "red"), (_clip(error_text(e)), "red")])
     elif response is not None:
-        lines.append([("  reply: ", "dim"), (_clip(response.get("content")), "")])
+        lines.append([("  reply: ", "dim"), (_clip(reply_text(response)), "")])
     else:
         lines.append([])
     attempts = [a for a in e.get("attempts") or [] if isinstance(a, dict)]

@@ -23,10 +23,12 @@ from llmrouter.eventtext import (
     clock_text,
     error_text,
     is_error,
+    kind_text,
     measured_text,
     model_text,
     prompt_of,
     reload_text,
+    reply_text,
     tokens_of,
 )
 from llmrouter.sse import SSESplitter
@@ -65,7 +67,9 @@ def format_event(event: dict[str, Any], color: bool = False, stats: bool = False
     kind = event.get("type")
     if kind == "start":
         extra = "  (stream)" if event.get("stream") else ""
-        return c(DIM, f"{local_time(event.get('ts_ms'))}  ⋯  ") + c(BLUE, text(event.get("model"))) + c(DIM, f"  ({event.get('in_flight', 0)} in flight){extra}")
+        request_kind = kind_text(event)
+        label = c(BOLD, f"  {request_kind}") if request_kind else ""
+        return c(DIM, f"{local_time(event.get('ts_ms'))}  ⋯  ") + c(BLUE, text(event.get("model"))) + label + c(DIM, f"  ({event.get('in_flight', 0)} in flight){extra}")
     if kind == "classified":
         tags = event.get("tags") or []
         return c(DIM, f"  → classified: [{', '.join(clean(t) for t in tags)}]") if tags else None
@@ -92,6 +96,9 @@ def format_event(event: dict[str, Any], color: bool = False, stats: bool = False
         line += "  " + c(DIM, text(first)) + " " + c(DIM, "→") + " " + c(BLUE, text(rewritten))
     elif first:
         line += "  " + c(BLUE, text(first))
+    request_kind = kind_text(event)
+    if request_kind:
+        line += "  " + c(BOLD, request_kind)
     for tag in event.get("tags") or []:
         line += "  " + c(YELLOW, f"[{clean(tag)}]")
     for plugin in event.get("plugins") or []:
@@ -105,7 +112,7 @@ def format_event(event: dict[str, Any], color: bool = False, stats: bool = False
     if failed:
         lines.append("  " + c(RED, "error:") + "   " + clip(error_text(event), WATCH_CLIP))
     elif response is not None:
-        reply = text(response.get("content"))
+        reply = clip(reply_text(response), WATCH_CLIP)
         calls = [clean(t.get("name")) for t in response.get("tool_calls") or [] if isinstance(t, dict)]
         if calls:
             reply = (reply + "  " if reply else "") + "tool calls: " + ", ".join(calls)

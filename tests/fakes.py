@@ -5,6 +5,10 @@ One `FakeUpstream` answers all three upstream dialects, chosen by the path:
     POST .../chat/completions   OpenAI chat completions (JSON, or SSE chunks + [DONE])
     POST .../messages           Anthropic messages (JSON, or the named SSE event sequence)
     POST /api/chat              Ollama (JSON, or NDJSON lines ending with done: true)
+    POST .../completions        OpenAI legacy text completions (JSON, or SSE + [DONE])
+    POST /api/generate          Ollama text generation, `suffix` included (JSON or NDJSON)
+    POST .../embeddings         OpenAI embeddings (float or base64, as asked)
+    POST /api/embed             Ollama embeddings
     GET  /api/tags, .../models  model lists (Ollama, OpenAI, or Anthropic by header)
 
 It is an anyio listener with one h11 server connection per TCP connection
@@ -17,7 +21,8 @@ recorded; what to answer is scripted per request:
 
 or inside an async test: `port = await tg.start(fake.serve)`.
 
-By default a chat request gets "echo: <last user text>". `Reply.raw` and the
+By default a chat request gets "echo: <last user text>", a completion
+"echo: <prompt>", an embedding request `vector_for(text)` per input. `Reply.raw` and the
 actions `Delay`, `Hang`, `Close` (and `Fault` on the high-level builders) script
 broken upstreams for the chaos tests. Each body piece is a separate write, so
 a test can observe chunk-by-chunk forwarding.
@@ -25,6 +30,8 @@ a test can observe chunk-by-chunk forwarding.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import socket
@@ -46,7 +53,7 @@ from background import BackgroundLoop
 
 __all__ = [
     "Close", "ConnectionInfo", "Delay", "FakeUpstream", "Fault", "Hang",
-    "RecordedRequest", "Reply", "ToolCall", "drip", "wire_format",
+    "RecordedRequest", "Reply", "ToolCall", "drip", "vector_for", "wire_format",
 ]
 
 CREATED = 1735689600  # fixed timestamps keep the output deterministic
@@ -101,7 +108,7 @@ class ConnectionInfo:
 
 
 def wire_format(route: str) -> str | None:
-    if route.endswith("/chat/completions"):
+    if route.endswith(("/chat/completions", "/completions", "/embeddings")) and not route.startswith("/api/"):
         return "openai"
     if route.endswith("/messages"):
         return "anthropic"
@@ -230,6 +237,13 @@ class Reply:
         return cls(headers=list((headers or {}).items()), build=lambda r: _render(r, answer))
 
     @classmethod
+    def embeddings(cls, *, encoding: str | None = None, usage: int | None = None) -> Reply:
+        """`vector_for(input)` per input, in the request's format. `encoding`
+        ("float" or "base64") overrides what the request asked for, as servers
+        that ignore `encoding_format` do; `usage` sets the prompt tokens."""
+        return cls(build=lambda r: _embeddings(r, encoding, usage))
+
+    @classmethod
     def error(cls, status: int, message: str, *, retry_after: float | None = None,
               type: str | None = None, headers: dict[str, str] | None = None) -> Reply:
         """An error in the request's format (OpenAI shape for unknown paths)."""
@@ -298,8 +312,19 @@ class _Plan:
     stop_sequence: str | None
 
 
+def _text_wire(request: RecordedRequest) -> Any:
+    route = request.route
+    if route == "/api/generate":
+        return OLLAMA_GENERATE
+    if request.format == "ollama":
+        return OLLAMA if route == "/api/chat" else None
+    if request.format == "openai" and not route.endswith("/chat/completions"):
+        return OPENAI_TEXT if route.endswith("/completions") else None
+    return WIRES.get(request.format or "")
+
+
 def _render(request: RecordedRequest, answer: _Answer) -> Reply:
-    wire = WIRES.get(request.format or "")
+    wire = _text_wire(request)
     if wire is None:
         raise ValueError(f"no chat format for {request.method} {request.path}")
     plan = _plan(request, answer, wire)
@@ -341,6 +366,8 @@ def _plan(request: RecordedRequest, answer: _Answer, wire: Any) -> _Plan:
 
 
 def _last_user_text(body: dict) -> str:
+    if isinstance(body.get("prompt"), str):  # a text completion
+        return body["prompt"]
     for message in reversed(body.get("messages") or []):
         if isinstance(message, dict) and message.get("role") == "user":
             return _text_of(message.get("content"))
@@ -361,6 +388,7 @@ def _text_of(content: Any) -> str:
 def _count_words(body: dict) -> int:
     texts = [_text_of(m.get("content")) for m in body.get("messages") or [] if isinstance(m, dict)]
     texts.append(_text_of(body.get("system")))
+    texts.append(_text_of(body.get("prompt")))
     return max(1, sum(len(t.split()) for t in texts))
 
 
@@ -657,7 +685,83 @@ class _Ollama:
         return self._json({"error": message}) + b"\n"
 
 
+# --------------------------------------------------------------------------
+# Text completions: OpenAI /completions and Ollama /api/generate
+
+
+class _OpenAIText(_OpenAI):
+    def _object(self, plan: _Plan, choices: list, usage: dict | None = None) -> dict:
+        obj: dict[str, Any] = {"id": f"cmpl-fake{plan.seq}", "object": "text_completion", "created": CREATED,
+                               "model": plan.model, "system_fingerprint": "fp_fake", "choices": choices}
+        if usage is not None:
+            obj["usage"] = usage
+        return obj
+
+    def body(self, plan: _Plan) -> bytes:
+        choice = {"text": plan.text, "index": 0, "logprobs": None, "finish_reason": self.finish[plan.stop]}
+        return json.dumps(self._object(plan, [choice], self.usage(plan)), indent=2).encode()
+
+    def frames(self, plan: _Plan) -> Iterator[bytes]:
+        def chunk(text: str, finish: str | None = None) -> bytes:
+            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+            return b"data: " + _compact(self._object(plan, [choice])) + b"\n\n"
+
+        for piece in plan.pieces:
+            yield chunk(piece)
+        yield chunk("", self.finish[plan.stop])
+        if plan.include_usage:
+            yield b"data: " + _compact(self._object(plan, [], self.usage(plan))) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+
+class _OllamaGenerate(_Ollama):
+    def body(self, plan: _Plan) -> bytes:
+        return self._json(self._final(plan, plan.text))
+
+    def frames(self, plan: _Plan) -> Iterator[bytes]:
+        for piece in plan.pieces:
+            line = {"model": plan.model, "created_at": CREATED_AT, "response": piece, "done": False}
+            yield self._json(line) + b"\n"
+        yield self._json(self._final(plan, "")) + b"\n"
+
+    def _final(self, plan: _Plan, text: str) -> dict:  # type: ignore[override]
+        final = super()._final(plan, {})
+        del final["message"]
+        return {"model": plan.model, "created_at": CREATED_AT, "response": text, **final, "context": [1, 2, 3]}
+
+
+# --------------------------------------------------------------------------
+# Embeddings
+
+
+def vector_for(text: str, dimensions: int = 8) -> list[float]:
+    """The fake's embedding of `text`: deterministic, exact as float32."""
+    digest = hashlib.sha256(text.encode()).digest() * (dimensions // 32 + 1)
+    return [(b - 128) / 128 for b in digest[:dimensions]]
+
+
+def _embeddings(request: RecordedRequest, encoding: str | None, usage: int | None) -> Reply:
+    body = _json_object(request.body)
+    inputs = body.get("input", body.get("prompt"))
+    texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+    dims = body.get("dimensions")
+    dims = min(dims, 4096) if isinstance(dims, int) and dims > 0 else 8  # a fake's bound on huge asks
+    vectors = [vector_for(t, dims) for t in texts]
+    tokens = usage if usage is not None else sum(len(t.split()) for t in texts)
+    model = str(body.get("model", "fake-embed"))
+    if request.format == "ollama":
+        return Reply.json({"model": model, "embeddings": vectors, "total_duration": 14_000_000,
+                           "load_duration": 1_000_000, "prompt_eval_count": tokens})
+    encoding = encoding or body.get("encoding_format") or "float"
+    data = [{"object": "embedding", "index": i,
+             "embedding": v if encoding == "float" else base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()}
+            for i, v in enumerate(vectors)]
+    return Reply.json({"object": "list", "data": data, "model": model,
+                       "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
 OPENAI, ANTHROPIC, OLLAMA = _OpenAI(), _Anthropic(), _Ollama()
+OPENAI_TEXT, OLLAMA_GENERATE = _OpenAIText(), _OllamaGenerate()
 WIRES: dict[str, Any] = {"openai": OPENAI, "anthropic": ANTHROPIC, "ollama": OLLAMA}
 
 
@@ -675,8 +779,11 @@ def default_reply(request: RecordedRequest, models: Sequence[str]) -> Reply:
             return Reply.json({"object": "list", "data": [
                 {"id": name, "object": "model", "created": CREATED, "owned_by": "fake"}
                 for name in models]})
-    chat = request.format in ("openai", "anthropic") or request.route == "/api/chat"
-    if request.method == "POST" and chat:
+    if request.method == "POST" and request.route.endswith("/embeddings") and request.format == "openai":
+        return Reply.embeddings()
+    if request.method == "POST" and request.route == "/api/embed":
+        return Reply.embeddings()
+    if request.method == "POST" and _text_wire(request) is not None:
         return Reply.text()
     return Reply.error(404, f"no route for {request.method} {request.path}")
 

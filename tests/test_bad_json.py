@@ -1,5 +1,6 @@
 """Bad JSON and wrong types (issue 6, item 2; RELIABILITY B): ≥ 1,000 generated
-bodies per client format never get a 500; a body with one field of the wrong
+bodies per client endpoint (chat, messages, completions, embeddings, Ollama's
+embed) never get a 500; a body with one field of the wrong
 type gets a 400 in the client's error shape naming that field; deep nesting,
 huge numbers, NaN, lone surrogates and U+2028 are handled; what the router
 forwards is valid JSON and carries valid unicode text exactly.
@@ -83,10 +84,46 @@ ANTHROPIC_FIELDS: dict[str, Callable[[Any], bool]] = {
     "tools": lambda v: v is None or (isinstance(v, list) and not v),
     "tools[0].name": lambda v: isinstance(v, str) and v != "",
 }
+COMPLETION_BASE = {
+    "model": "m", "prompt": "def f(", "suffix": "pass", "max_tokens": 5, "temperature": 0.5, "top_p": 1,
+    "stream": False, "stop": ["zz"], "seed": 1, "stream_options": {"include_usage": True}, "plugins": [],
+}
+COMPLETION_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "model": lambda v: isinstance(v, str),
+    "prompt": lambda v: isinstance(v, str) or (isinstance(v, list) and len(v) == 1 and isinstance(v[0], str)),
+    "suffix": lambda v: v is None or isinstance(v, str),
+    "seed": lambda v: v is None or _int(v),
+    **{k: OPENAI_FIELDS[k] for k in ("max_tokens", "temperature", "top_p", "stream", "stop", "stream_options",
+                                     "stream_options.include_usage", "plugins")},
+}
+EMBEDDING_BASE = {"model": "m", "input": ["a", "b"], "encoding_format": "base64", "dimensions": 8, "user": "u", "plugins": []}
+_texts = lambda v: isinstance(v, str) or (isinstance(v, list) and len(v) > 0 and all(isinstance(t, str) for t in v))  # noqa: E731
+EMBEDDING_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "model": lambda v: isinstance(v, str),
+    "input": _texts,
+    "encoding_format": lambda v: v is None or v in ("float", "base64"),
+    "dimensions": lambda v: v is None or (_int(v) and v >= 1),
+    "user": lambda v: v is None or isinstance(v, str),
+    "plugins": OPENAI_FIELDS["plugins"],
+}
+OLLAMA_EMBED_BASE = {"model": "m", "input": ["a"], "truncate": True, "keep_alive": "5m", "options": {}, "dimensions": 8}
+OLLAMA_EMBED_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "model": lambda v: isinstance(v, str),
+    "input": _texts,
+    "truncate": lambda v: v is None or isinstance(v, bool),
+    "options": lambda v: v is None or isinstance(v, dict),
+    "dimensions": EMBEDDING_FIELDS["dimensions"],
+}
 FORMATS = {
     "openai": ("/v1/chat/completions", OPENAI_BASE, OPENAI_FIELDS),
     "anthropic": ("/v1/messages", ANTHROPIC_BASE, ANTHROPIC_FIELDS),
+    "completions": ("/v1/completions", COMPLETION_BASE, COMPLETION_FIELDS),
+    "embeddings": ("/v1/embeddings", EMBEDDING_BASE, EMBEDDING_FIELDS),
+    "ollama-embed": ("/api/embed", OLLAMA_EMBED_BASE, OLLAMA_EMBED_FIELDS),
 }
+# The error shape each endpoint answers in.
+SHAPES = {"openai": "openai", "anthropic": "anthropic", "completions": "openai", "embeddings": "openai",
+          "ollama-embed": "ollama"}
 
 json_scalars = st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
@@ -172,6 +209,9 @@ def error_of(fmt: str, headers: dict[str, str], body: bytes) -> tuple[str, str |
     """(message, param) from an error in the client's shape; asserts the shape."""
     assert headers["content-type"] == "application/json"
     data = json.loads(body)
+    if fmt == "ollama":
+        assert set(data) == {"error"} and isinstance(data["error"], str)
+        return data["error"], None
     if fmt == "openai":
         error = data["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
@@ -183,12 +223,12 @@ def error_of(fmt: str, headers: dict[str, str], body: bytes) -> tuple[str, str |
 @pytest.fixture(scope="module")
 def world():
     with FakeUpstream() as fake:
-        fake.script = lambda r: Reply.text("ok")
+        fake.script = lambda r: Reply.embeddings() if "embed" in r.route else Reply.text("ok")
         with running_router(config_for(fake.url)) as router:
             yield router, fake
 
 
-@pytest.mark.parametrize("fmt", ["openai", "anthropic"])
+@pytest.mark.parametrize("fmt", list(FORMATS))
 def test_generated_bodies(world, fmt, soak):
     router, fake = world
     path, _, _ = FORMATS[fmt]
@@ -202,7 +242,7 @@ def test_generated_bodies(world, fmt, soak):
         status, headers, reply = CLIENT.post(router.port, path, body)
         if status != 400:
             return f"{field}: {status} for {body[:300]!r}"
-        message, param = error_of(fmt, headers, reply)
+        message, param = error_of(SHAPES[fmt], headers, reply)
         if field not in message and param != field:
             return f"{field}: the error does not name it: {message!r} (param {param!r})"
         return None
@@ -212,7 +252,7 @@ def test_generated_bodies(world, fmt, soak):
         if status >= 500:
             return f"{status} for {body[:300]!r}: {reply[:300]!r}"
         if status != 200:
-            error_of(fmt, headers, reply)
+            error_of(SHAPES[fmt], headers, reply)
         return None
 
     with ThreadPoolExecutor(8) as pool:

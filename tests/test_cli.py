@@ -184,7 +184,9 @@ def test_wheel_holds_only_the_package(wheel):
     tops = {n.split("/")[0] for n in names}
     assert tops == {"llmrouter", next(t for t in tops if t.endswith(".dist-info"))}
     assert not any(n.endswith(".pth") for n in names)
-    assert "llmrouter/default_config.toml" in names and "llmrouter/config.example.toml" in names  # init needs it
+    assert "llmrouter/default_config.toml" in names
+    # init needs the example: the package links to the top-level file, the wheel holds its bytes.
+    assert zipfile.ZipFile(wheel).read("llmrouter/config.example.toml") == (ROOT / "config.example.toml").read_bytes()
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     requires = sorted(line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line)
     assert [re.split(r"[ <>=;]", r)[0] for r in requires] == ["anyio", "h11", "httpcore", "tomli"]

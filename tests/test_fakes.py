@@ -4,19 +4,22 @@ the chaos actions do what they say; the background loop starts and stops."""
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 
 import anthropic
 import anyio
 import h11
+import ollama
 import openai
 import pytest
 
 from background import BackgroundLoop
-from fakes import Close, Delay, FakeUpstream, Fault, Hang, Reply, ToolCall, drip
+from fakes import Close, Delay, FakeUpstream, Fault, Hang, Reply, ToolCall, drip, vector_for
 
 USER = [{"role": "user", "content": "hello there"}]
 WEATHER = [("get_weather", '{"city": "Paris"}'), ("get_time", '{"zone": "CET", "fmt": "24h"}')]
@@ -389,6 +392,62 @@ def test_ollama_error_shape(fake):
 def test_unknown_route_is_404(fake):
     result = exchange(fake, "/v2/nothing", {})
     assert result.status == 404 and "error" in json.loads(result.body)
+
+
+# --------------------------------------------------------------------------
+# Text completions and embeddings, checked with the official clients
+
+
+def test_openai_completions_with_the_sdk(fake):
+    client = oai(fake)
+    reply = client.completions.create(model="m", prompt="def add(a, b):", suffix="\n", max_tokens=8)
+    assert reply.object == "text_completion" and reply.id == "cmpl-fake0"
+    assert reply.choices[0].text == "echo: def add(a, b):" and reply.choices[0].finish_reason == "stop"
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens > 0
+    chunks = list(client.completions.create(model="m", prompt="one two", stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "echo: one two"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 3
+    assert fake.requests[0].json["suffix"] == "\n"
+
+
+def float32s(embedding: list[float] | str) -> list[float]:
+    """An SDK embedding as floats: base64 asked for explicitly stays a string."""
+    if isinstance(embedding, str):
+        raw = base64.b64decode(embedding)
+        return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    return embedding
+
+
+@pytest.mark.parametrize("encoding", [None, "float", "base64"])
+def test_openai_embeddings_with_the_sdk(fake, encoding):
+    """Without encoding_format the SDK asks for base64 and decodes it itself."""
+    extra = {"encoding_format": encoding} if encoding else {}
+    reply = oai(fake).embeddings.create(model="e", input=["alpha", "beta gamma"], **extra)
+    assert [float32s(d.embedding) for d in reply.data] == [vector_for("alpha"), vector_for("beta gamma")]
+    assert reply.usage.prompt_tokens == 3 and fake.requests[0].json["encoding_format"] == (encoding or "base64")
+    wide = oai(fake).embeddings.create(model="e", input="x", dimensions=40)
+    assert wide.data[0].embedding == vector_for("x", 40)
+
+
+def test_embeddings_reply_can_ignore_the_asked_encoding(fake):
+    fake.enqueue(Reply.embeddings(encoding="float"))
+    raw = exchange(fake, "/v1/embeddings", {"model": "e", "input": "x", "encoding_format": "base64"})
+    assert json.loads(raw.body)["data"][0]["embedding"] == vector_for("x")
+
+
+def test_ollama_generate_and_embed_with_the_official_client(fake):
+    client = ollama.Client(host=fake.url)
+    whole = client.generate(model="m", prompt="def f(", suffix="return 1", stream=False)
+    assert whole.response == "echo: def f(" and whole.done and whole.done_reason == "stop"
+    assert whole.prompt_eval_count == 2 and whole.eval_count == 3
+    pieces = list(client.generate(model="m", prompt="a b", stream=True))
+    assert "".join(p.response for p in pieces) == "echo: a b" and pieces[-1].done and not pieces[0].done
+    assert fake.requests[0].route == "/api/generate" and fake.requests[0].json["suffix"] == "return 1"
+    embedded = client.embed(model="e", input=["alpha", "beta"])
+    assert embedded.embeddings == [vector_for("alpha"), vector_for("beta")]
+    assert embedded.prompt_eval_count == 2 and embedded.total_duration > 0
 
 
 # --------------------------------------------------------------------------

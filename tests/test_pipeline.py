@@ -22,7 +22,7 @@ from llmrouter.commands import (
     StartResponse,
     UpstreamHead,
 )
-from llmrouter.pipeline import CLIENT_FORMATS, UPSTREAM_FORMATS, Context, Exchange, handle
+from llmrouter.pipeline import CLIENT_FORMATS, KIND_UPSTREAMS, Context, Exchange, handle
 
 CONFIG = """
 [[providers]]
@@ -292,11 +292,19 @@ def test_formats_get_the_time_and_ids_from_the_context_and_warnings_are_logged()
 
 
 def test_every_format_module_fulfils_its_protocol():
-    """The pipeline knows formats only through formats.ClientFormat / UpstreamFormat."""
+    """The pipeline knows formats only through formats.ClientFormat / UpstreamFormat
+    (Embedding* for embeddings, which never stream)."""
     req = Request("m", [])
-    for module in CLIENT_FORMATS.values():
-        assert isinstance(module, formats.ClientFormat), module.__name__
-        assert isinstance(module.Encoder(req, "m"), formats.ClientEncoder), module.__name__
-    for module in UPSTREAM_FORMATS.values():
-        assert isinstance(module, formats.UpstreamFormat), module.__name__
-        assert isinstance(module.Decoder(req), formats.UpstreamDecoder), module.__name__
+    for name, module in CLIENT_FORMATS.items():
+        if getattr(module, "KIND", "chat") == "embedding":
+            assert isinstance(module, formats.EmbeddingClientFormat), name
+            continue
+        assert isinstance(module, formats.ClientFormat), name
+        assert isinstance(module.Encoder(req, "m"), formats.ClientEncoder), name
+    for kind, table in KIND_UPSTREAMS.items():
+        for module in table.values():
+            if kind == "embedding":
+                assert isinstance(module, formats.EmbeddingUpstreamFormat), module.__name__
+                continue
+            assert isinstance(module, formats.UpstreamFormat), module.__name__
+            assert isinstance(module.Decoder(req), formats.UpstreamDecoder), module.__name__

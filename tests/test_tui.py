@@ -476,6 +476,16 @@ def test_tui_waits_for_a_missing_router_and_quits_on_ctrl_c():
         term.close()
 
 
+def test_completions_and_embeddings_show_their_kind():
+    s = State()
+    reduce(s, {"type": "start", "id": 8, "ts_ms": TS, "model": "coder", "in_flight": 1, "kind": "completion"})
+    assert "03:58:20  ⋯  coder  completion  1500ms" in screen(s)
+    reduce(s, complete(9, kind="embedding", inputs={"count": 2, "chars": [3, 4]}, messages=[],
+                       response={"model": "e", "count": 2, "dimensions": 384, "usage": {"input_tokens": 5, "output_tokens": 0}}))
+    text = screen(s)
+    assert "03:58:20  ollama  llama3  embedding ×2  100ms" in text and "  reply: 2 vectors × 384 dimensions" in text
+
+
 def test_stats_show_each_providers_live_measurements():
     s = State()
     reduce(s, complete(1, "paid"))
@@ -498,10 +508,21 @@ class Tmux:
     def __init__(self, tmp_path: Path, command: list[str], env: dict[str, str]) -> None:
         self.binary = need_tool("tmux", hint="CI installs Debian's tmux")
         conf = tmp_path / "tmux.conf"
-        conf.write_text("set -g remain-on-exit on\n")  # the pane stays, so its exit status can be read
+        conf.write_text("set -g remain-on-exit on\n")  # the pane stays, so its last screen can be read
         self.base = [self.binary, "-S", str(tmp_path / "tmux.sock"), "-f", str(conf)]
         self.env = env
-        self.run("new-session", "-d", "-s", "t", "-x", "120", "-y", "40", shlex.join(command))
+        # The program's exit status goes to a file: tmux's own pane_dead_status
+        # is sometimes still empty long after the pane died (seen under load).
+        self.status_file = tmp_path / "exit-status"
+        script = f"{shlex.join(command)}; echo $? > {shlex.quote(str(self.status_file))}"
+        self.run("new-session", "-d", "-s", "t", "-x", "120", "-y", "40", script)
+
+    def exit_status(self, timeout: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout
+        while not (self.status_file.exists() and self.status_file.read_text().strip()):
+            assert time.monotonic() < deadline, f"the program did not exit; the screen shows:\n{self.screen()}"
+            time.sleep(0.05)
+        return int(self.status_file.read_text())
 
     def run(self, *args: str) -> str:
         done = subprocess.run([*self.base, *args], env=self.env, capture_output=True, text=True, timeout=10)
@@ -558,13 +579,7 @@ def test_tui_in_a_real_tmux_shows_a_request_and_chats(tmp_path):
                 term.keys("Escape")
                 term.wait("q quit")
                 term.keys("q")
-                deadline = time.monotonic() + 10
-                # tmux may see the pty close before it has reaped the process:
-                # the pane is dead a moment before its exit status is known.
-                while term.pane("pane_dead") != "1" or term.pane("pane_dead_status") == "":
-                    assert time.monotonic() < deadline, f"the TUI did not quit on q: dead={term.pane('pane_dead')} signal={term.pane('pane_dead_signal')}\n{term.screen()}"
-                    time.sleep(0.05)
-                assert term.pane("pane_dead_status") == "0"
+                assert term.exit_status() == 0
                 assert "Traceback" not in term.screen()
             finally:
                 term.close()

@@ -286,6 +286,18 @@ def test_json_and_forced_colour():
                     assert proc.wait(10) == 0
 
 
+def test_completions_and_embeddings_show_their_kind(kathmandu):
+    start = {"type": "start", "id": 4, "ts_ms": TS, "model": "coder", "in_flight": 1, "kind": "completion"}
+    assert format_event(start) == "03:58:20  ⋯  coder  completion  (1 in flight)"
+    assert "llama3:8b  completion  [code]" in format_event(record(kind="completion"))
+    embedded = record(kind="embedding", inputs={"count": 3, "chars": [4, 5, 6]}, messages=[], tags=[], plugins=[],
+                      response={"model": "e", "count": 3, "dimensions": 768, "usage": {"input_tokens": 9, "output_tokens": 0}})
+    lines = format_event(embedded).splitlines()
+    assert lines[0].endswith("llama3 → llama3:8b  embedding ×3  532ms")
+    assert lines[1] == "  reply:   3 vectors × 768 dimensions"
+    assert format_event(record(kind="chat")) == format_event(record())  # a chat shows no kind
+
+
 def test_stats_lines_for_live_measurements_only_with_stats(kathmandu):
     measured = {"type": "measured", "v": 1, "ts_ms": TS, "provider": "ollama", "samples": 3, "in_flight": 1,
                 "ttft_ms": 250.2, "duration_ms": 900.0, "tokens_per_sec": 41.7, "error_rate": 0.0}

@@ -3,7 +3,9 @@
 A format module may serve clients (`openai`, `anthropic`, `responses`), upstreams
 (`openai`, `anthropic`, `ollama`), or both: the `ClientFormat` and
 `UpstreamFormat` protocols below are the contract, and the pipeline knows
-formats only through them. Formats read no clock, no randomness and never log:
+formats only through them. Text completions (`openai_completions`,
+`ollama_generate`) follow the same two; embeddings, which never stream, follow
+`EmbeddingClientFormat` / `EmbeddingUpstreamFormat`. Formats read no clock, no randomness and never log:
 the time is `req.now`, every id they make is `req.new_id(prefix)` (derived from
 `req.id_seed`; the pipeline sets both right after parse_request), and what they
 drop comes back as warnings (`Request.warnings`, `UpstreamCall.warnings`) that
@@ -102,6 +104,35 @@ class UpstreamFormat(Protocol):
 
     def parse_response(self, data: bytes, req: canonical.Request) -> canonical.Response:
         """A whole reply; errors.UpstreamProtocolError when it is not one."""
+
+    def error_message(self, status: int, data: bytes) -> str:
+        """The provider's own message from an error body."""
+
+
+@runtime_checkable
+class EmbeddingClientFormat(Protocol):
+    """A client endpoint for embeddings (openai_embeddings, ollama_embed's two):
+    a ClientFormat without an Encoder, since embeddings never stream."""
+
+    def parse_request(self, body: object) -> canonical.Request:
+        """The decoded JSON body as an embedding Request; errors.BadRequest names the field."""
+
+    def render_response(self, resp: canonical.Embeddings, req: canonical.Request) -> dict[str, Any]:
+        """The vectors in the client's shape and the encoding it asked for."""
+
+    def error_body(self, err: errors.RouterError) -> dict[str, Any]:
+        """The format's error shape."""
+
+
+@runtime_checkable
+class EmbeddingUpstreamFormat(Protocol):
+    """An upstream embeddings API: an UpstreamFormat without a Decoder."""
+
+    def build_request(self, req: canonical.Request, model: str, provider: Provider) -> UpstreamCall:
+        """`req`'s inputs for the provider, sending `model`."""
+
+    def parse_response(self, data: bytes, req: canonical.Request) -> canonical.Embeddings:
+        """The vectors in input order; errors.UpstreamProtocolError when the reply is not one."""
 
     def error_message(self, status: int, data: bytes) -> str:
         """The provider's own message from an error body."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..canonical import Text
+from ..canonical import CHAT, Text
 from . import Flow, Plugin, PluginState
 
 FENCE = "```"
@@ -164,7 +164,9 @@ class ResponseHealing(Plugin):
 
     def post_response(self, state: PluginState, settings: dict[str, Any]) -> Flow:
         resp = state.response
-        if resp is None:
+        # A text completion is a piece of code or prose to insert as is (an
+        # editor's `{"a": 1,` is no broken JSON): only chat replies are healed.
+        if resp is None or state.request.kind != CHAT:
             return Flow.CONTINUE
         text = resp.text
         if not text.strip() or is_json(text):

@@ -1,0 +1,242 @@
+"""OpenAI legacy text completions (`/completions`), client side and upstream side. Pure.
+
+Client: POST /v1/completions bodies in, `text_completion` objects and SSE
+chunks out. Upstream: completion requests out to {base_url}/completions
+(OpenAI, llama.cpp, vLLM; `suffix` for fill-in-the-middle where the server
+takes it), replies and SSE streams back in. A completion reply is a canonical
+Response with one text part, its stream the canonical text events, so the
+pipeline relays it as it relays chat. The mapping table is in docs/formats.md.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from llmrouter import canonical as c
+from llmrouter import errors
+from llmrouter.config import Provider
+from llmrouter.formats import Frame, UpstreamCall, forwardable_body, openai, passthrough
+from llmrouter.formats.openai import dumps
+from llmrouter.formats.validate import bad, body_object, parse_plugins, take
+from llmrouter.sse import SSESplitter
+
+FORMAT, KIND = "openai", c.COMPLETION
+error_body = openai.error_body
+error_message = openai.error_message
+
+# --- client side -------------------------------------------------------------------
+
+
+def parse_request(body: object) -> c.Request:
+    """A /v1/completions body as a canonical completion request. Raises BadRequest only."""
+    body = body_object(body)
+    model = take(body, "model", "string", required=True)
+    stream_options = take(body, "stream_options", "object") or {}
+    return c.completion_request(
+        model,
+        _prompt(body.get("prompt")),
+        suffix=take(body, "suffix", "string"),
+        max_tokens=take(body, "max_tokens", "count"),
+        temperature=take(body, "temperature", "number"),
+        top_p=take(body, "top_p", "number"),
+        stop=openai._parse_stop(body.get("stop")),
+        seed=take(body, "seed", "integer"),
+        stream=bool(take(body, "stream", "boolean")),
+        include_usage=bool(take(stream_options, "include_usage", "boolean", "stream_options")),
+        plugins=parse_plugins(body),
+        client_format=FORMAT,
+        raw=body,
+    )
+
+
+def _prompt(value: Any) -> str:
+    # One completion per request: a string, or an array holding one string.
+    # Token arrays cannot be translated for other upstreams.
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        return value[0]
+    if value is None:
+        raise errors.BadRequest("prompt is required", param="prompt")
+    raise bad("prompt", "a string or an array of one string (token arrays and batches are not supported)")
+
+
+def _reply_id(req: c.Request, upstream_id: str) -> str:
+    return upstream_id if upstream_id.startswith("cmpl-") else req.new_id("cmpl-")
+
+
+def _choice(text: str, finish: str | None) -> dict[str, Any]:
+    return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+
+
+def render_response(resp: c.Response, req: c.Request) -> dict[str, Any]:
+    return {
+        "id": _reply_id(req, resp.id),
+        "object": "text_completion",
+        "created": int(req.now),
+        "model": resp.model or req.model,
+        "choices": [_choice(resp.text, openai.FINISH_REASONS.get(resp.stop_reason, "stop"))],
+        "usage": openai.usage_json(resp.usage),
+    }
+
+
+class Encoder:
+    """Canonical text events as `text_completion` SSE chunks (no role chunk:
+    the first chunk carries the first text, so the first-chunk gate waits for it)."""
+
+    end_after_error = False  # an error chunk is no terminal event: the body is cut short
+
+    def __init__(self, req: c.Request, model: str) -> None:
+        self._req = req
+        self._id = _reply_id(req, "")
+        self._model = model
+        self._usage = c.Usage()
+        self._stopped = False
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+        obj: dict[str, Any] = {
+            "id": self._id, "object": "text_completion", "created": int(self._req.now),
+            "model": self._model, "choices": choices,
+        }
+        if usage is not None:
+            obj["usage"] = usage
+        return b"data: " + dumps(obj).encode() + b"\n\n"
+
+    def encode(self, event: c.StreamEvent) -> bytes:
+        if isinstance(event, c.TextDelta):
+            return self._chunk([_choice(event.text, None)]) if event.text else b""
+        if isinstance(event, c.MessageStart):
+            if event.id.startswith("cmpl-"):  # an OpenAI upstream's own id
+                self._id = event.id
+            self._model = event.model or self._model
+            if event.usage:
+                self._usage.merge(event.usage)
+        elif isinstance(event, c.UsageUpdate):
+            self._usage.merge(event.usage)
+        elif isinstance(event, c.Stop) and not self._stopped:
+            self._stopped = True
+            return self._chunk([_choice("", openai.FINISH_REASONS.get(event.stop_reason, "stop"))])
+        elif isinstance(event, c.StreamError):
+            return self.error(event)
+        return b""
+
+    def finish(self) -> bytes:
+        out = b""
+        if not self._stopped:
+            self._stopped = True
+            out += self._chunk([_choice("", "stop")])
+        if self._req.include_usage:
+            out += self._chunk([], openai.usage_json(self._usage))
+        return out + b"data: [DONE]\n\n"
+
+    def error(self, err: c.StreamError) -> bytes:
+        body = {"error": {"message": err.message, "type": err.kind, "param": None, "code": None}}
+        return b"data: " + dumps(body).encode() + b"\n\n"
+
+    def ping(self) -> bytes:
+        return b": ping\n\n"
+
+
+# --- upstream side -------------------------------------------------------------------
+
+
+def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCall:
+    if passthrough(req, FORMAT):
+        body = forwardable_body(req, model)
+    else:
+        body = {"model": model, "prompt": req.prompt, "stream": req.stream}
+        fields = {"suffix": req.suffix, "max_tokens": req.max_tokens, "temperature": req.temperature,
+                  "top_p": req.top_p, "seed": req.seed, "stop": list(req.stop) or None}
+        body.update((k, v) for k, v in fields.items() if v is not None)
+    headers = [("content-type", "application/json")]
+    if req.stream:
+        options = body.get("stream_options")
+        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        headers.append(("accept", "text/event-stream"))
+    if provider.api_key:
+        headers.append(("authorization", f"Bearer {provider.api_key}"))
+    headers.extend(provider.headers)
+    return UpstreamCall("/completions", headers, dumps(body).encode())
+
+
+def _first_choice(obj: dict[str, Any]) -> dict[str, Any]:
+    choices = obj.get("choices")
+    for choice in choices if isinstance(choices, list) else []:
+        if isinstance(choice, dict) and choice.get("index", 0) == 0:
+            return choice
+    return {}
+
+
+def _stop_reason(finish: Any) -> str:
+    if finish == "length":
+        return "max_tokens"
+    return "end_turn" if finish in ("stop", None) else "other"
+
+
+def parse_response(data: bytes, req: c.Request) -> c.Response:
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise errors.UpstreamProtocolError(f"upstream reply is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
+        raise errors.UpstreamProtocolError("upstream completion reply has no choices")
+    choice = _first_choice(obj)
+    text = choice.get("text")
+    return c.Response(
+        id=obj["id"] if isinstance(obj.get("id"), str) else "",
+        model=obj["model"] if isinstance(obj.get("model"), str) else "",
+        content=[c.Text(text if isinstance(text, str) else "")],
+        stop_reason=_stop_reason(choice.get("finish_reason")),
+        usage=openai.parse_usage(obj.get("usage")),
+    )
+
+
+class Decoder:
+    """`text_completion` SSE chunks as canonical text events, one Frame per SSE event."""
+
+    def __init__(self, req: c.Request) -> None:
+        self._sse = SSESplitter()
+        self._started = False
+        self._done = False  # data: [DONE] seen
+        self._finished = False  # a finish_reason seen
+
+    def feed(self, data: bytes) -> list[Frame]:
+        return [self._frame(event.data, event.raw) for event in self._sse.feed(data)]
+
+    def close(self) -> list[Frame]:
+        frames = self.feed(b"\n\n") if self._sse.pending else []
+        if not (self._done or self._finished):
+            raise errors.UpstreamProtocolError("upstream stream ended before completion")
+        return frames
+
+    def _frame(self, data: str, raw: bytes) -> Frame:
+        if not data or self._done:
+            return Frame(raw)
+        if data == "[DONE]":
+            self._done = True
+            return Frame(raw)
+        try:
+            chunk = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise errors.UpstreamProtocolError(f"upstream stream sent invalid JSON: {exc}") from None
+        if not isinstance(chunk, dict):
+            raise errors.UpstreamProtocolError("upstream stream sent a chunk that is not a JSON object")
+        if chunk.get("error") is not None:
+            return Frame(raw, [openai._stream_error(chunk["error"])])
+        events: list[c.StreamEvent] = []
+        if not self._started:
+            self._started = True
+            cid, model = chunk.get("id"), chunk.get("model")
+            events.append(c.MessageStart(cid if isinstance(cid, str) else "", model if isinstance(model, str) else ""))
+        choice = _first_choice(chunk)
+        text = choice.get("text")
+        if isinstance(text, str) and text:
+            events.append(c.TextDelta(text))
+        if isinstance(chunk.get("usage"), dict):
+            events.append(c.UsageUpdate(openai.parse_usage(chunk["usage"])))
+        finish = choice.get("finish_reason")
+        if finish and not self._finished:
+            self._finished = True
+            events.append(c.Stop(_stop_reason(finish)))
+        return Frame(raw, events)
