@@ -1,5 +1,6 @@
 """The HTTP/1.1 server: h11 over wires (asyncio transports, `wire.py`), run
-by anyio tasks. The only module that imports h11.
+by anyio tasks. With upstream.py (which reads httpcore's h11 connection), the
+only module that imports h11.
 
 One task per connection runs h11's request/response cycle: keep-alive,
 pipelined requests in order, `Expect: 100-continue`, limits on header size,
