@@ -29,7 +29,7 @@ import h11
 
 from llmrouter import errors
 from llmrouter.config import ServerConfig
-from llmrouter.wire import Wire, fair_turn
+from llmrouter.wire import Wire, body_turn
 
 log = logging.getLogger("llmrouter.server")
 
@@ -98,8 +98,8 @@ class ResponseWriter:
             data = self._held + self._conn.serialize(h11.Data(data=data)) if data else self._held
             self._held = b""
             await self._conn.write(data)
-            if self._streamed:  # other streams' heads should not wait for this one's body
-                await fair_turn()
+            if self._streamed:  # the rest of the body waits its turn: other requests' heads go first
+                await body_turn()
         elif data:
             await self._conn.send(h11.Data(data=data))
 

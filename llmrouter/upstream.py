@@ -52,7 +52,7 @@ from llmrouter.wire import Wire, connect, others_ready
 KEEPALIVE_EXPIRY = 30.0  # idle upstream connections older than this are closed
 # Body chunks (a stream's events) handled per read while other tasks are ready,
 # so that a stream whose events all arrived at once does not hold the loop.
-FAIR_SLICE = 8
+FAIR_SLICE = 24
 Keepalive = tuple[float, Callable[[], Awaitable[None]]]
 
 
