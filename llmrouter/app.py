@@ -30,6 +30,7 @@ from llmrouter.discovery import Discovery
 from llmrouter.driver import Driver
 from llmrouter.measure import Measurements
 from llmrouter.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
+from llmrouter.ollama_api import OllamaAPI, is_ollama_path
 from llmrouter.pipeline import CLIENT_FORMATS, Context, Exchange, handle
 from llmrouter.reqlog import RequestLog
 from llmrouter.server import HTTPRequest, ProtocolFailure, ResponseWriter, Server
@@ -41,6 +42,7 @@ log = logging.getLogger("llmrouter")
 CHAT_ROUTES = {
     "/v1/chat/completions": "openai", "/v1/messages": "anthropic", "/v1/responses": "responses",
     "/v1/completions": "openai-completions", "/v1/embeddings": "openai-embeddings",
+    "/api/chat": "ollama", "/api/generate": "ollama-generate",
     "/api/embed": "ollama-embed", "/api/embeddings": "ollama-embeddings",
 }
 GET_ROUTES = ("/health", "/v1/models", "/metrics", "/dashboard", "/dashboard/events")
@@ -72,6 +74,7 @@ class App:
             measurements=self.measurements,
         )
         self.driver = self._driver(self.upstreams)
+        self.ollama = OllamaAPI(self, time.time())
         self.server = Server(self.handle, self.render_failure, config.server)
         self._ids = itertools.count()
         self.stopped = anyio.Event()  # set once run() has drained and closed everything
@@ -133,6 +136,9 @@ class App:
                 problem = errors.MethodNotAllowed(f"{method} is not allowed on {path}; use POST")
             # Refusals go through the pipeline too, so they are logged and published.
             await self.chat(request, writer, client_format, problem)
+            return
+        if is_ollama_path(path):  # Ollama's API beside chat: /, /api/tags, /api/show, ...
+            await (self.respond_error(writer, "ollama", problem) if problem else self.ollama.handle(request, writer))
             return
         if problem is not None:
             await self.respond_error(writer, _error_format(path), problem)
@@ -307,8 +313,11 @@ class App:
 
 
 def _error_format(path: str) -> str:
-    """The error shape for a path that is not a chat route: Anthropic's under /v1/messages."""
-    return "anthropic" if path.startswith("/v1/messages") else "openai"
+    """The error shape for a path that is not a chat route: Anthropic's under
+    /v1/messages, Ollama's under /api/."""
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    return "ollama" if path.startswith("/api/") else "openai"
 
 
 def _status_error(status: int, message: str) -> errors.RouterError:

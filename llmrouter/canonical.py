@@ -130,6 +130,10 @@ class Request:
     # None, {"type": "json_object"} or {"type": "json_schema", "name", "schema", "strict"}
     response_format: dict[str, Any] | None = None
     include_usage: bool = False  # OpenAI stream_options.include_usage
+    # Seconds from sending the upstream request to its first byte and to the
+    # end of its reply; set by the pipeline before the reply is rendered
+    # (Ollama clients are told durations).
+    timing: tuple[float, float] | None = None
     plugins: list[dict[str, Any]] = field(default_factory=list)  # never forwarded
     # Format-specific fields kept only for an upstream of the same format,
     # e.g. Anthropic thinking / output_config / metadata, forwarded headers.

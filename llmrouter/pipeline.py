@@ -38,7 +38,8 @@ from llmrouter.config import Config
 from llmrouter.measure import Measurements
 from llmrouter.redact import Redactor
 from llmrouter.formats import (
-    anthropic, ollama, ollama_embed, ollama_generate, openai, openai_completions, openai_embeddings, responses,
+    anthropic, ollama, ollama_client, ollama_embed, ollama_generate, openai, openai_completions, openai_embeddings,
+    responses,
 )
 
 # Client endpoints by name (app.py maps paths to these). A module that serves
@@ -46,6 +47,7 @@ from llmrouter.formats import (
 CLIENT_FORMATS: dict[str, formats.ClientFormat | formats.EmbeddingClientFormat] = {
     "openai": openai, "anthropic": anthropic, "responses": responses,
     "openai-completions": openai_completions, "openai-embeddings": openai_embeddings,
+    "ollama": ollama_client.CHAT, "ollama-generate": ollama_client.GENERATE,
     "ollama-embed": ollama_embed.embed_client, "ollama-embeddings": ollama_embed.embeddings_client,
 }
 UPSTREAM_FORMATS: dict[str, formats.UpstreamFormat] = {"openai": openai, "anthropic": anthropic, "ollama": ollama}
@@ -148,7 +150,7 @@ def _serve(ctx: Context, ex: Exchange, client: formats.ClientFormat) -> Pipeline
     if isinstance(body, dict):
         model = body.get("model")
         rec.requested_model = model if isinstance(model, str) else ""
-        rec.stream = body.get("stream") is True
+        rec.stream = body.get("stream", getattr(client, "STREAMS_BY_DEFAULT", False)) is True  # Ollama streams by default
     yield Publish(events.start(ex.id, ctx.clock_ms(), rec.requested_model, ctx.in_flight, ex.request_id, rec.client_format, rec.stream, rec.kind))
     if ex.refusal is not None:
         raise ex.refusal
@@ -302,7 +304,9 @@ def _call(
     upstream = KIND_UPSTREAMS[req.kind][provider.format]
     call = upstream.build_request(req, decision.model, provider)
     yield from _log_all(call.warnings, "debug")
+    opened = ctx.monotonic()
     head: UpstreamHead = yield OpenUpstream(provider, call)
+    head_after = ctx.monotonic() - opened
     if 300 <= head.status < 400:  # never followed (it could point anywhere), nor passed on
         raise errors.UpstreamProtocolError(f"provider '{provider.name}' answered with a redirect ({head.status}); redirects are not followed")
     if not 200 <= head.status < 300:
@@ -315,6 +319,7 @@ def _call(
         yield from _relay_stream(ctx, ex, client, req, state, decision, upstream)
         return
     data = yield ReadUpstreamBody(MAX_REPLY_BYTES)
+    req.timing = (head_after, ctx.monotonic() - opened)
     state.response = upstream.parse_response(data, req)
     if req.kind == canonical.EMBEDDING and len(state.response.vectors) != len(req.messages):
         raise errors.UpstreamProtocolError(
@@ -388,7 +393,7 @@ def _relay_stream(
                 )
             if not any(out) and chunk:
                 continue  # no complete frame yet
-            yield StartResponse(200, [*_stream_headers(), *_router_headers(ex, rec)])
+            yield StartResponse(200, [*_stream_headers(client), *_router_headers(ex, rec)])
             ex.response_started = True
             if len(out) > 1 and failure is None:
                 # Fairness: the head goes out with the first frame alone; the
@@ -406,6 +411,7 @@ def _relay_stream(
         if not chunk:
             break
     if not relay:
+        req.timing = ((rec.first_byte_ms or 0) / 1000, ctx.monotonic() - started)
         yield SendBody(encoder.finish())
     yield EndResponse()
     state.response = collector.response()
@@ -414,7 +420,7 @@ def _relay_stream(
 def _stream_reply(ex: Exchange, client: formats.ClientFormat, req: canonical.Request, resp: canonical.Response) -> Pipeline:
     """Streams a reply that a plugin produced (no upstream involved)."""
     encoder = ex.encoder = client.Encoder(req, resp.model or req.model)
-    yield StartResponse(200, [*_stream_headers(), *_router_headers(ex, ex.record)])
+    yield StartResponse(200, [*_stream_headers(client), *_router_headers(ex, ex.record)])
     ex.response_started = True
     out = [encoder.encode(e) for e in canonical.response_events(resp)]
     yield SendBody(b"".join(out) + encoder.finish())
@@ -462,8 +468,9 @@ def _log_all(warnings: list[str], level: str = "warning") -> Pipeline:
         yield Log(level, warning)
 
 
-def _stream_headers() -> list[tuple[str, str]]:
-    return [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-accel-buffering", "no")]
+def _stream_headers(client: formats.ClientFormat) -> list[tuple[str, str]]:
+    content_type = getattr(client, "STREAM_CONTENT_TYPE", "text/event-stream")  # Ollama: NDJSON
+    return [("content-type", content_type), ("cache-control", "no-cache"), ("x-accel-buffering", "no")]
 
 
 def _router_headers(ex: Exchange, rec: events.Record) -> list[tuple[str, str]]:

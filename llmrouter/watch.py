@@ -69,7 +69,8 @@ def format_event(event: dict[str, Any], color: bool = False, stats: bool = False
         extra = "  (stream)" if event.get("stream") else ""
         request_kind = kind_text(event)
         label = c(BOLD, f"  {request_kind}") if request_kind else ""
-        return c(DIM, f"{local_time(event.get('ts_ms'))}  ⋯  ") + c(BLUE, text(event.get("model"))) + label + c(DIM, f"  ({event.get('in_flight', 0)} in flight){extra}")
+        api = f"  [{text(event['client_format'])}]" if event.get("client_format") else ""  # the API the client used
+        return c(DIM, f"{local_time(event.get('ts_ms'))}  ⋯  ") + c(BLUE, text(event.get("model"))) + label + c(DIM, f"{api}  ({event.get('in_flight', 0)} in flight){extra}")
     if kind == "classified":
         tags = event.get("tags") or []
         return c(DIM, f"  → classified: [{', '.join(clean(t) for t in tags)}]") if tags else None

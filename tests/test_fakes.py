@@ -373,6 +373,26 @@ def test_ollama_escapes_like_go(fake):
     assert json.loads(result.chunks[0])["message"]["content"] == "a<b>&c"
 
 
+def test_ollama_official_client_reads_the_fake(fake):
+    """The official ollama client, straight at the fake: chat (streamed and
+    not, with tool calls), list and show (a listed model, then a 404)."""
+    client = ollama.Client(host=fake.url)
+    assert client.chat(model="m", messages=USER, stream=False).message.content == "echo: hello there"
+    parts = list(client.chat(model="m", messages=USER, stream=True))
+    assert "".join(p.message.content for p in parts) == "echo: hello there" and parts[-1].eval_count == 3
+    fake.enqueue(Reply.tool_calls(WEATHER))
+    calls = client.chat(model="m", messages=USER, stream=False).message.tool_calls
+    assert [(c.function.name, dict(c.function.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris"}), ("get_time", {"zone": "CET", "fmt": "24h"})]
+    assert [m.model for m in client.list().models] == ["llama3.2:latest", "qwen2.5:0.5b"]
+    shown = client.show("llama3.2:latest")
+    assert shown.capabilities == ["completion", "tools"] and shown.details.family == "llama"
+    assert shown.modelinfo["general.architecture"] == "llama"
+    with pytest.raises(ollama.ResponseError) as caught:
+        client.show("nope")
+    assert caught.value.status_code == 404
+
+
 def test_model_lists(fake):
     fake.models = ["llama3.2:latest", "phi3:mini"]
     tags = json.loads(exchange(fake, "/api/tags", method="GET").body)

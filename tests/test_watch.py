@@ -58,6 +58,7 @@ def test_lifecycle_lines_in_local_time(kathmandu):
     start = {"type": "start", "id": 3, "ts_ms": TS, "model": "llama3", "in_flight": 2, "stream": False}
     assert format_event(start) == "03:58:20  ⋯  llama3  (2 in flight)"
     assert format_event({**start, "stream": True}).endswith("(2 in flight)  (stream)")
+    assert format_event({**start, "client_format": "ollama"}) == "03:58:20  ⋯  llama3  [ollama]  (2 in flight)"
     assert format_event({"type": "classified", "id": 3, "ts_ms": TS, "tags": ["code", "math"]}) == "  → classified: [code, math]"
     assert format_event({"type": "classified", "id": 3, "ts_ms": TS, "tags": []}) is None
     assert format_event({"type": "routed", "id": 3, "provider": "ollama", "model": "llama3:8b", "attempt": 1}) == "  → routed: ollama/llama3:8b"
@@ -229,7 +230,7 @@ def test_watch_prints_requests_survives_a_restart_and_stops_on_ctrl_c():
                 client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "write python please"}])
                 router.wait_records(1)
                 start, done = router.events[0], router.records[-1]
-                assert out.until(lambda l: "⋯" in l) == f"{local_hms(start['ts_ms'])}  ⋯  gpt-test  (1 in flight)"  # piped: no colour
+                assert out.until(lambda l: "⋯" in l) == f"{local_hms(start['ts_ms'])}  ⋯  gpt-test  [openai]  (1 in flight)"  # piped: no colour
                 assert out.until(lambda l: "classified" in l) == "  → classified: [code]"
                 assert out.until(lambda l: "routed" in l) == "  → routed: fake/gpt-test"
                 head = out.until(lambda l: l.startswith(local_hms(done["ts_ms"]) + "  fake"))

@@ -63,7 +63,10 @@ class ClientEncoder(Protocol):
 
 @runtime_checkable
 class ClientFormat(Protocol):
-    """A format clients speak (a module: openai, anthropic, responses)."""
+    """A format clients speak (a module: openai, anthropic, responses; or an
+    object: ollama_client.CHAT, ollama_client.GENERATE). Optional attributes:
+    STREAM_CONTENT_TYPE (default text/event-stream) and STREAMS_BY_DEFAULT
+    (default False: a body without `stream` is not streamed)."""
 
     @property
     def Encoder(self) -> Callable[[canonical.Request, str], ClientEncoder]:  # noqa: N802 (a class in each module)

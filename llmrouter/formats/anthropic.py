@@ -511,6 +511,9 @@ def _body(req: c.Request, model: str) -> dict[str, Any]:
             body.setdefault("tool_choice", {"type": "auto"})["disable_parallel_tool_use"] = True
     for key, value in req.extras.get("anthropic", {}).items():
         body.setdefault(key, value)
+    budget = body.get("thinking", {}).get("budget_tokens") if isinstance(body.get("thinking"), dict) else None
+    if req.max_tokens is None and _is_int(budget) and body["max_tokens"] <= budget:
+        body["max_tokens"] = budget + DEFAULT_MAX_TOKENS  # thinking needs room for the answer too
     fmt = req.response_format
     if fmt and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
         body["output_config"] = {**body.get("output_config", {}), "format": {"type": "json_schema", "schema": fmt["schema"]}}
@@ -519,6 +522,14 @@ def _body(req: c.Request, model: str) -> dict[str, Any]:
 
 
 def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCall:
+    fmt = req.response_format or {}
+    if fmt.get("type") == "json_object" and fmt.get("strict"):
+        # Anthropic has no schemaless JSON mode; a client that insists (Ollama's
+        # format: "json") is told so rather than answered in free text.
+        raise errors.BadRequest(
+            f"provider '{provider.name}' (anthropic format) has no JSON mode: send a JSON schema as the format, or route to another provider",
+            param="format",
+        )
     body = forwardable_body(req, model) if passthrough(req, "anthropic") else _body(req, model)
     headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
     if provider.api_key:

@@ -1,4 +1,5 @@
-"""The Ollama chat wire format (POST /api/chat, NDJSON streams), upstream side only.
+"""The Ollama chat wire format (POST /api/chat, NDJSON streams), upstream side.
+(The client side, Ollama's API served to apps, is formats/ollama_client.py.)
 
 Pure: values in, values out. Mapping tables: docs/formats-anthropic-ollama.md.
 
@@ -17,7 +18,7 @@ from typing import Any
 from llmrouter import canonical as c
 from llmrouter import errors, sse
 from llmrouter.config import Provider
-from llmrouter.formats import Frame, UpstreamCall
+from llmrouter.formats import Frame, UpstreamCall, forwardable_body, passthrough
 from llmrouter.formats import dumps as _dumps  # compact; lone surrogates stay escaped
 
 
@@ -69,6 +70,16 @@ def _messages(req: c.Request) -> list[dict[str, Any]]:
 
 
 def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCall:
+    body = forwardable_body(req, model) if passthrough(req, "ollama") else _body(req, model)
+    headers = {"content-type": "application/json"}
+    if provider.api_key:
+        headers["authorization"] = f"Bearer {provider.api_key}"
+    for name, value in provider.headers:
+        headers[name.lower()] = value
+    return UpstreamCall("/api/chat", list(headers.items()), _dumps(body).encode())
+
+
+def _body(req: c.Request, model: str) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "messages": _messages(req), "stream": req.stream}
     if req.tools and req.tool_choice != "none":
         body["tools"] = [
@@ -87,10 +98,18 @@ def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCal
         options["temperature"] = req.temperature
     if req.top_p is not None:
         options["top_p"] = req.top_p
+    if req.seed is not None:
+        options["seed"] = req.seed
     if req.max_tokens is not None:
         options["num_predict"] = req.max_tokens
     if req.stop:
         options["stop"] = list(req.stop)
+    # An Ollama client's own fields and options (keep_alive, think, num_ctx, ...);
+    # the canonical values above win, since a plugin may have changed them.
+    kept = dict(req.extras.get("ollama", {}))
+    kept_options = kept.pop("options", None)
+    if isinstance(kept_options, dict):
+        options = {**kept_options, **options}
     if options:
         body["options"] = options
     fmt = req.response_format or {}
@@ -98,12 +117,9 @@ def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCal
         body["format"] = "json"
     elif fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
         body["format"] = fmt["schema"]
-    headers = {"content-type": "application/json"}
-    if provider.api_key:
-        headers["authorization"] = f"Bearer {provider.api_key}"
-    for name, value in provider.headers:
-        headers[name.lower()] = value
-    return UpstreamCall("/api/chat", list(headers.items()), _dumps(body).encode())
+    for key, value in kept.items():
+        body.setdefault(key, value)
+    return body
 
 
 # --- replies ----------------------------------------------------------------------

@@ -433,7 +433,7 @@ def _render_body(req: c.Request, model: str, provider: Provider, warnings: list[
     body["stream"] = req.stream
     if req.max_tokens is not None:
         body[_max_tokens_key(req, provider)] = req.max_tokens
-    for key in ("temperature", "top_p"):
+    for key in ("temperature", "top_p", "seed"):
         if getattr(req, key) is not None:
             body[key] = getattr(req, key)
     if req.stop:
@@ -445,6 +445,8 @@ def _render_body(req: c.Request, model: str, provider: Provider, warnings: list[
         body["tool_choice"] = choice if isinstance(choice, str) else {"type": "function", "function": {"name": choice["name"]}}
     if req.response_format is not None:
         body["response_format"] = _response_format_json(req.response_format)
+    for key, value in req.extras.get("openai", {}).items():  # e.g. an Ollama client's penalties, reasoning_effort
+        body.setdefault(key, value)
     return body
 
 
