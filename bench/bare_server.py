@@ -6,7 +6,8 @@ on a slow or busy machine still shows how far the router is from them:
 - relay (--relay PORT): the same server forwarding each request body to the
   fake upstream over one httpcore AsyncHTTP11Connection per client connection
   and returning the reply (the floor for a proxy on h11 in, httpcore out:
-  no routing, no pipeline, no pool, no timeouts, no logging);
+  no routing, no pipeline, no pool, no timeouts, no logging); streamed
+  replies are forwarded chunk by chunk as they arrive;
 - wire relay (--relay PORT --wire): that relay with both sockets on the
   router's own transport (llmrouter/wire.py, asyncio transports) instead of
   anyio's socket streams: the floor for any proxy on these libraries.
@@ -38,13 +39,23 @@ RELAY_PORT = 0
 URL = "/v1/chat/completions"
 
 
-async def relay(upstream: httpcore.AsyncHTTP11Connection, body: bytes) -> bytes:
+async def relay(conn: h11.Connection, upstream: httpcore.AsyncHTTP11Connection, body: bytes, send) -> None:  # type: ignore[no-untyped-def]
+    """Forwards one request; a JSON reply whole, a stream chunk by chunk as it
+    arrives (the head goes out with the first chunk, as the router does)."""
     url = httpcore.URL(scheme=b"http", host=b"127.0.0.1", port=RELAY_PORT, target=URL.encode())
     headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     response = await upstream.handle_async_request(httpcore.Request("POST", url, content=body, headers=headers))
-    reply = b"".join([chunk async for chunk in response.aiter_stream()])
+    if any(k.lower() == b"content-length" for k, _ in response.headers):
+        reply = b"".join([chunk async for chunk in response.aiter_stream()])
+        head = [("content-type", "application/json"), ("content-length", str(len(reply)))]
+        await send(conn.send(h11.Response(status_code=200, headers=head)) + conn.send(h11.Data(data=reply)) + conn.send(h11.EndOfMessage()))
+    else:
+        held = conn.send(h11.Response(status_code=200, headers=[("content-type", "text/event-stream")]))
+        async for chunk in response.aiter_stream():
+            await send(held + conn.send(h11.Data(data=chunk)))
+            held = b""
+        await send(held + conn.send(h11.EndOfMessage()))
     await response.aclose()
-    return reply
 
 
 async def serve(receive, send, upstream: httpcore.AsyncHTTP11Connection | None) -> None:  # type: ignore[no-untyped-def]
@@ -63,12 +74,11 @@ async def serve(receive, send, upstream: httpcore.AsyncHTTP11Connection | None) 
         elif isinstance(event, h11.Data):
             body += event.data
         elif isinstance(event, h11.EndOfMessage):
-            reply, headers = COMPLETION, HEADERS
             if upstream is not None:
-                reply = await relay(upstream, bytes(body))
-                headers = [("content-type", "application/json"), ("content-length", str(len(reply)))]
-            data = conn.send(h11.Response(status_code=200, headers=headers))
-            await send(data + conn.send(h11.Data(data=reply)) + conn.send(h11.EndOfMessage()))
+                await relay(conn, upstream, bytes(body), send)
+            else:
+                data = conn.send(h11.Response(status_code=200, headers=HEADERS))
+                await send(data + conn.send(h11.Data(data=COMPLETION)) + conn.send(h11.EndOfMessage()))
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return  # connection: close, or a broken exchange
             conn.start_next_cycle()

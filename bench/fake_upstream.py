@@ -8,6 +8,13 @@ receiver sees them as separate arrivals. Every event carries the monotonic
 time (ns) at which it was written, so the client can measure how long each
 one took to reach it, directly or through the router. Loopback only.
 
+The request's model picks the pacing, so one fake serves every scenario and
+every proxy under test (peers are configured with these model names):
+
+- `mock-fast`: the whole stream (head, every event, the end) in one write;
+- `mock-paced`: the head, 20 ms, then one event every 5 ms;
+- any other model: the command line's --first-ms and --gap-ms.
+
     python3 bench/fake_upstream.py --port 18080 [--chunks 50 --gap-ms 1 --first-ms 5]
 """
 
@@ -17,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 
@@ -58,6 +66,14 @@ LAST_EVENTS = chunked(
 ) + b"0\r\n\r\n"
 
 
+PACED = (0.020, 0.005)  # mock-paced: seconds to the first event, between events
+MODEL = re.compile(rb'"model"\s*:\s*"([^"]*)"')
+
+
+def whole_stream(chunks: int) -> bytes:
+    return STREAM_HEAD + b"".join(stream_event(i) for i in range(chunks)) + LAST_EVENTS
+
+
 class FakeProtocol(asyncio.Protocol):
     def __init__(self, server: "FakeServer") -> None:
         self.server = server
@@ -92,23 +108,29 @@ class FakeProtocol(asyncio.Protocol):
             self.buf = self.buf[total:]
             self.server.requests += 1
             if b'"stream":true' in body or b'"stream": true' in body:
+                model = MODEL.search(body)
+                name = model.group(1) if model else b""
+                if name == b"mock-fast":
+                    self.transport.write(whole_stream(self.server.chunks))
+                    continue
+                pacing = PACED if name == b"mock-paced" else (self.server.first_s, self.server.gap_s)
                 self.busy = True
-                asyncio.get_running_loop().create_task(self.stream())
+                asyncio.get_running_loop().create_task(self.stream(*pacing))
                 return
             self.transport.write(JSON_REPLY)
 
-    async def stream(self) -> None:
+    async def stream(self, first_s: float, gap_s: float) -> None:
         s = self.server
         t = self.transport
         try:
             t.write(STREAM_HEAD)
-            await asyncio.sleep(s.first_s)
+            await asyncio.sleep(first_s)
             for i in range(s.chunks):
                 if t.is_closing():
                     return
                 t.write(stream_event(i))
-                if s.gap_s:
-                    await asyncio.sleep(s.gap_s)
+                if gap_s:
+                    await asyncio.sleep(gap_s)
             t.write(LAST_EVENTS)
         finally:
             self.busy = False

@@ -1,13 +1,22 @@
 """Where the router's time goes: the router in this process under cProfile,
 the fake upstream and the load generator in subprocesses on the other core.
 
-    python3 bench/hotpath.py [--requests 2000] [--concurrency 1] [--stream] [--top 30]
+    python3 bench/hotpath.py                     # counts for every scenario
+    python3 bench/hotpath.py --scenarios stream --details [--top 30]
 
-Besides the usual cProfile table it prints numbers that do not depend on how
-busy the machine is, so changes can be compared on a shared, noisy machine:
-Python function calls per request and event-loop iterations per request (each
-iteration is an epoll_wait; each `await` that really suspends costs one).
+Scenarios: `small` (non-streaming chat completions), `stream` (50-event
+streams, same format both sides, that the upstream writes whole in one
+write), `cross` (that stream for an Anthropic client from the openai
+upstream), `paced` (20 ms to the first event, 5 ms between events; slow).
+
+It prints numbers that do not depend on how busy the machine is, so changes
+can be compared on a shared, noisy machine: Python function calls per request
+(a coroutine's every resumption counts as a call, as cProfile counts it) and
+event-loop iterations per request (each iteration is an epoll_wait; each
+`await` that really suspends costs one), and for streams the calls per
+forwarded event after the request's own share: (stream − small) / 50.
 CPU time per request is printed too, but it moves with the machine's load.
+--details adds the cProfile tables.
 For a sampling view of a running router use py-spy instead:
 `py-spy record -p <router pid> -d 10 -o profile.svg`.
 """
@@ -34,7 +43,9 @@ sys.path.insert(0, str(HERE))
 
 import anyio  # noqa: E402
 
-from run import free_port, pinned, start_fake  # noqa: E402
+from run import SCENARIOS, free_port, pinned, start_fake  # noqa: E402
+
+CHUNKS = 50
 
 
 def group(file: str) -> str:
@@ -51,7 +62,7 @@ async def profile(args: argparse.Namespace) -> None:
     from llmrouter import config
     from llmrouter.app import App
 
-    fake, fake_port = start_fake(argparse.Namespace(chunks=50, gap_ms=args.gap_ms, first_ms=args.first_ms))
+    fake, fake_port = start_fake(argparse.Namespace(chunks=CHUNKS, gap_ms=1.0, first_ms=5.0))
     workdir = tempfile.mkdtemp(prefix="llmrouter-profile-")
     port = free_port()
     cfg_path = Path(workdir) / "profile.toml"
@@ -74,46 +85,67 @@ async def profile(args: argparse.Namespace) -> None:
 
     selector.select = counting_select
 
-    def load(n: int) -> list[str]:
+    def load(scenario: str, n: int) -> list[str]:
+        s = SCENARIOS["fast" if scenario in ("small", "stream") else scenario]
+        stream = scenario != "small"
         code = (
             "import asyncio, sys; sys.path.insert(0, %r)\n"
-            "from loadgen import Run\n"
+            "from loadgen import Run, build_request\n"
             "async def m():\n"
-            "    r = await Run(%d, %d, stream=%r, requests=%d).go()\n"
+            "    request = build_request(%d, %r, %r, model=%r, client=%r)\n"
+            "    r = await Run(%d, %d, stream=%r, requests=%d, request=request).go()\n"
             "    print(len(r.latencies) + len(r.streams), r.errors + r.dropped)\n"
             "asyncio.run(m())\n"
-        ) % (str(HERE), port, args.concurrency, args.stream, n)
+        ) % (str(HERE), port, stream, s.path, s.model, s.client, port, args.concurrency, stream, n)
         return pinned(1, [sys.executable, "-c", code])
 
+    results: dict[str, tuple[int, int, float, float, pstats.Stats]] = {}
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(app.run)
-            await anyio.run_process(load(max(args.requests // 10, 50)))  # warm up
-            prof = cProfile.Profile()
-            iterations = 0
-            cpu = time.process_time()
-            proc = await anyio.open_process(load(args.requests))
-            prof.enable()
-            await proc.wait()
-            prof.disable()
-            cpu = time.process_time() - cpu
-            out = (await proc.stdout.receive()).decode().split() if proc.stdout else ["0", "0"]
-            done, failed = int(out[0]), int(out[1])
+            for scenario in args.scenarios:
+                n = args.requests if scenario == "small" else args.streams
+                await anyio.run_process(load(scenario, max(n // 10, 20)))  # warm up
+                prof = cProfile.Profile()
+                iterations = 0
+                cpu = time.process_time()
+                proc = await anyio.open_process(load(scenario, n))
+                prof.enable()
+                await proc.wait()
+                prof.disable()
+                cpu = time.process_time() - cpu
+                out = (await proc.stdout.receive()).decode().split() if proc.stdout else ["0", "0"]
+                results[scenario] = (int(out[0]), int(out[1]), iterations, cpu, pstats.Stats(prof))
+                if args.dump:
+                    prof.dump_stats(f"{args.dump}.{scenario}")
             app.shutdown()
     finally:
         fake.terminate()
         fake.wait()
 
-    if args.dump:
-        prof.dump_stats(args.dump)
-    stats = pstats.Stats(prof)
-    total_calls = sum(nc for (_, _, _), (_, nc, _, _, _) in stats.stats.items())  # type: ignore[attr-defined]
-    n = max(done, 1)
-    kind = "50-event streams" if args.stream else "small non-streaming requests"
-    print(f"{done} {kind} at concurrency {args.concurrency}, {failed} failed")
-    print(f"  Python function calls per request: {total_calls / n:,.0f}")
-    print(f"  event-loop iterations per request: {iterations / n:.1f}")
-    print(f"  router CPU per request:            {cpu / n * 1e6:,.0f} µs (varies with machine load)")
+    calls: dict[str, float] = {}
+    for scenario, (done, failed, loops, cpu, stats) in results.items():
+        n = max(done, 1)
+        calls[scenario] = sum(nc for (_, _, _), (_, nc, _, _, _) in stats.stats.items()) / n  # type: ignore[attr-defined]
+        print(f"{scenario}: {done} {KINDS[scenario]} at concurrency {args.concurrency}, {failed} failed")
+        print(f"  Python function calls per request: {calls[scenario]:,.0f}")
+        if scenario != "small" and "small" in calls:
+            print(f"  ... per forwarded event, after the request's own share: {(calls[scenario] - calls['small']) / CHUNKS:,.0f}")
+        print(f"  event-loop iterations per request: {loops / n:.1f}")
+        print(f"  router CPU per request:            {cpu / n * 1e6:,.0f} µs (varies with machine load)")
+        if args.details:
+            details(stats, n, args)
+
+
+KINDS = {
+    "small": "small non-streaming requests",
+    "stream": f"{CHUNKS}-event streams written whole",
+    "cross": f"{CHUNKS}-event streams, Anthropic client from an openai upstream",
+    "paced": f"{CHUNKS}-event paced streams",
+}
+
+
+def details(stats: pstats.Stats, n: int, args: argparse.Namespace) -> None:
     by_group: collections.Counter[str] = collections.Counter()
     calls_group: collections.Counter[str] = collections.Counter()
     for (file, _, _), (_, nc, tt, _, _) in stats.stats.items():  # type: ignore[attr-defined]
@@ -129,15 +161,15 @@ async def profile(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--scenarios", nargs="+", default=["small", "stream", "cross"], choices=list(KINDS))
+    ap.add_argument("--requests", type=int, default=2000, help="small requests to profile")
+    ap.add_argument("--streams", type=int, default=200, help="streams to profile, per stream scenario")
     ap.add_argument("--concurrency", type=int, default=1)
-    ap.add_argument("--stream", action="store_true")
-    ap.add_argument("--gap-ms", type=float, default=0.0)
-    ap.add_argument("--first-ms", type=float, default=0.0)
+    ap.add_argument("--details", action="store_true", help="also print the cProfile tables")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--sort", default="tottime")
     ap.add_argument("--src", help="directory holding the llmrouter package to profile (default: this checkout)")
-    ap.add_argument("--dump", help="also write the raw cProfile stats to this file")
+    ap.add_argument("--dump", help="also write the raw cProfile stats to this file (.<scenario> appended)")
     args = ap.parse_args()
     if (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {0})  # the router's core, as in bench/run.py

@@ -26,15 +26,19 @@ from dataclasses import dataclass, field
 perf = time.perf_counter
 
 
-def build_request(port: int, stream: bool, path: str = "/v1/chat/completions") -> bytes:
-    body = (
-        b'{"model":"bench-model","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16'
-        + (b',"stream":true}' if stream else b"}")
-    )
+def build_request(
+    port: int, stream: bool, path: str = "/v1/chat/completions", *, model: str = "bench-model", client: str = "openai", auth: str = "Bearer bench", headers: bytes = b""
+) -> bytes:
+    """One request, prebuilt. `client` is the body's format ("openai" or
+    "anthropic"); `headers` are extra header lines (each ending in CRLF)."""
+    body = b'{"model":"%s","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16' % model.encode()
+    body += b',"stream":true}' if stream else b"}"
+    if client == "anthropic":
+        headers = b"anthropic-version: 2023-06-01\r\n" + headers
     return (
         b"POST %s HTTP/1.1\r\nhost: 127.0.0.1:%d\r\ncontent-type: application/json\r\n"
-        b"authorization: Bearer bench\r\ncontent-length: %d\r\n\r\n%s"
-    ) % (path.encode(), port, len(body), body)
+        b"authorization: %s\r\n%scontent-length: %d\r\n\r\n%s"
+    ) % (path.encode(), port, auth.encode(), headers, len(body), body)
 
 
 @dataclass
@@ -128,13 +132,15 @@ class Client(asyncio.Protocol):
 class Run:
     """One measurement: `concurrency` connections, closed loop, until `duration`."""
 
-    def __init__(self, port: int, concurrency: int, *, stream: bool = False, duration: float = 1.0, requests: int = 0) -> None:
+    def __init__(
+        self, port: int, concurrency: int, *, stream: bool = False, duration: float = 1.0, requests: int = 0, request: bytes | None = None
+    ) -> None:
         self.port = port
         self.concurrency = concurrency
         self.stream = stream
         self.duration = duration
-        self.limit = requests  # stream runs stop after this many responses instead
-        self.request = build_request(port, stream)
+        self.limit = requests  # stop after this many responses instead
+        self.request = request or build_request(port, stream)
         self.latencies: list[float] = []
         self.streams: list[StreamSample] = []
         self.errors = 0

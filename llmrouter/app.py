@@ -354,8 +354,17 @@ class HostGuard:
     def __init__(self, listen: str, allowed: tuple[str, ...]) -> None:
         self.any = "*" in allowed
         self.names = {_normal_host(name) for name in ("localhost", listen, *allowed)}
+        self._answers: dict[str, bool] = {}  # the few Host values clients send, checked once each
 
     def allows(self, header: str) -> bool:
+        answer = self._answers.get(header)
+        if answer is None:
+            answer = self._check(header)
+            if len(self._answers) < 256:  # Host values come from clients: bound what they can make us keep
+                self._answers[header] = answer
+        return answer
+
+    def _check(self, header: str) -> bool:
         if self.any:
             return True
         match = _HOST_HEADER.match(header)

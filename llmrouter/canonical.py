@@ -298,10 +298,11 @@ class ResponseCollector:
     def add(self, event: StreamEvent) -> None:
         # Deltas are collected in lists: `part.text += delta` would copy the
         # whole text for every delta (quadratic on long replies).
-        if isinstance(event, TextDelta):
-            if not (self.parts and isinstance(self.parts[-1], Text)):
+        if event.__class__ is TextDelta:  # the commonest, tested without a call
+            parts = self.parts
+            if not parts or parts[-1].__class__ is not Text:
                 self._close_text()
-                self.parts.append(Text(""))
+                parts.append(Text(""))
             self._pieces.append(event.text)
         elif isinstance(event, ToolCallDelta):
             if event.index in self.calls:

@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from llmrouter import __version__
 
@@ -16,6 +18,19 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # Exit statuses (README.md): 0 stopped normally, 2 a config problem, this one
 # when the listening socket cannot be had (port in use, address not local).
 LISTEN_FAILED = 3
+
+
+def event_loop(environ: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+    """uvloop when it is installed (the `fast` extra), else asyncio's own
+    loop; LLMROUTER_LOOP=asyncio keeps asyncio's (for comparisons)."""
+    if environ.get("LLMROUTER_LOOP", "").lower() != "asyncio":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            return "uvloop", {"use_uvloop": True}
+    return "asyncio", {}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,7 +309,7 @@ def serve(path: str | None, host: str | None, port: int | None, pid_file: str | 
             url = config.server_url(cfg.server.host, bound)
             dashboard = f", dashboard {url}/dashboard" if cfg.server.dashboard else ""
             print(
-                f"llmrouter {__version__} listening on {url} (config: {cfg.source}, {len(cfg.providers)} provider(s){dashboard})",
+                f"llmrouter {__version__} listening on {url} (config: {cfg.source}, {len(cfg.providers)} provider(s){dashboard}, {loop_name} event loop)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -312,8 +327,9 @@ def serve(path: str | None, host: str | None, port: int | None, pid_file: str | 
         except OSError as exc:
             print(f"llmrouter: cannot write the pid file: {exc}", file=sys.stderr)
             return 2
+    loop_name, loop_options = event_loop(os.environ)
     try:
-        anyio.run(main_task)
+        anyio.run(main_task, backend_options=loop_options)
     except KeyboardInterrupt:
         pass
     finally:

@@ -32,6 +32,7 @@ from llmrouter.commands import (
 )
 from llmrouter.pipeline import CLIENT_FORMATS, Exchange, Pipeline, dump_json
 from llmrouter.upstream import Upstreams, UpstreamStream
+from llmrouter.wire import body_turn
 
 log = logging.getLogger("llmrouter")
 
@@ -163,21 +164,22 @@ class _Run:
                 throw = exc  # delivered at the pipeline's `yield`
 
     async def perform(self, cmd: Any) -> Any:
-        if isinstance(cmd, SendBody):
+        kind = cmd.__class__  # compared with `is`: no call per test (commands are final classes)
+        if kind is SendBody:
             await self.writer.send(cmd.data)
-        elif isinstance(cmd, ReadUpstream):
+        elif kind is ReadUpstream:
             return await self.read(cmd)
-        elif isinstance(cmd, OpenUpstream):
+        elif kind is OpenUpstream:
             return await self.open(cmd)
-        elif isinstance(cmd, ReadUpstreamBody):
+        elif kind is ReadUpstreamBody:
             return await self.read_body(cmd.limit)
-        elif isinstance(cmd, StartResponse):
+        elif kind is StartResponse:
             await self.writer.start(cmd.status, cmd.headers)
-        elif isinstance(cmd, EndResponse):
+        elif kind is EndResponse:
             await self.writer.end()
-        elif isinstance(cmd, AbortResponse):
+        elif kind is AbortResponse:
             await self.writer.abort()
-        elif isinstance(cmd, Log):
+        elif kind is Log:
             getattr(log, cmd.level)(cmd.message)
         else:  # a command without a handler is a bug
             raise TypeError(f"unknown command {cmd!r}")
@@ -219,20 +221,21 @@ class _Run:
         events_until = self.last_event + cmd.event_timeout
         give_up = min(quiet_until, self.deadline, events_until)
         keepalive = (cmd.ping_after, functools.partial(self.writer.send, cmd.ping)) if cmd.ping else None
-        # Checked before reading too: a read of bytes already buffered may return without waiting.
-        timed_out = time.monotonic() >= give_up
-        if not timed_out:
-            with anyio.CancelScope(deadline=anyio.current_time() + (give_up - time.monotonic())) as scope:
-                chunk = await stream.read(keepalive)
-            timed_out = scope.cancelled_caught
-        if timed_out:
+        if stream.held:  # more has arrived, but others have waited long enough
+            await body_turn()
+        try:
+            # Checked before reading too: a read of bytes already buffered may return without waiting.
+            if time.monotonic() >= give_up:
+                raise TimeoutError
+            chunk = await stream.read(keepalive, give_up)
+        except TimeoutError:
             if give_up == self.deadline:
-                raise errors.UpstreamTimeout(f"provider '{provider.name}': reply not finished within {provider.total_timeout:g}s")
+                raise errors.UpstreamTimeout(f"provider '{provider.name}': reply not finished within {provider.total_timeout:g}s") from None
             if give_up == events_until:
-                raise errors.UpstreamTimeout(f"provider '{provider.name}': no stream event for {cmd.event_timeout:g}s, only keep-alives")
+                raise errors.UpstreamTimeout(f"provider '{provider.name}': no stream event for {cmd.event_timeout:g}s, only keep-alives") from None
             if self.last_chunk is None:
-                raise errors.UpstreamTimeout(f"provider '{provider.name}': no first chunk within {provider.first_byte_timeout:g}s")
-            raise errors.UpstreamTimeout(f"provider '{provider.name}': no data for {provider.idle_timeout:g}s")
+                raise errors.UpstreamTimeout(f"provider '{provider.name}': no first chunk within {provider.first_byte_timeout:g}s") from None
+            raise errors.UpstreamTimeout(f"provider '{provider.name}': no data for {provider.idle_timeout:g}s") from None
         self.last_chunk = time.monotonic()
         return chunk
 
@@ -240,11 +243,11 @@ class _Run:
         stream = self.stream
         assert stream is not None, "ReadUpstreamBody without an open upstream"
         try:
-            with anyio.CancelScope(deadline=anyio.current_time() + max(self.deadline - time.monotonic(), 0)):
-                return await stream.read_all(limit)
-            raise errors.UpstreamTimeout(  # only reached when the deadline cancelled the read
+            return await stream.read_all(limit, self.deadline)
+        except TimeoutError:
+            raise errors.UpstreamTimeout(
                 f"provider '{stream.provider.name}': reply not finished within {stream.provider.total_timeout:g}s"
-            )
+            ) from None
         finally:
             await self.release()
 

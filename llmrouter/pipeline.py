@@ -342,9 +342,13 @@ def _relay_stream(
     each frame (or forwarding it untouched when both sides share a format)."""
     rec = ex.record
     relay = formats.passthrough(req, decision.provider.format)
+    # OpenAI upstreams are always asked for stream usage; a client that did
+    # not ask for it does not get that extra frame.
+    drop_usage = relay and not req.include_usage and decision.provider.format == "openai"
     encoder = ex.encoder = client.Encoder(req, decision.model)
     decoder = upstream.Decoder(req)
     collector = ex.collector = canonical.ResponseCollector(decision.model)
+    collect = collector.add
     started = ctx.monotonic()
     ex.first_chunk_at = None
     event_timeout = ctx.config.server.stream_idle_timeout
@@ -356,31 +360,34 @@ def _relay_stream(
             ex.first_chunk_at = ctx.monotonic()
         if rec.first_byte_ms is None:
             rec.first_byte_ms = round((ex.first_chunk_at - started) * 1000)
-        frames = decoder.feed(chunk) if chunk else decoder.close()
+        # Every frame that arrived is handled in this one pass and goes out in
+        # one write; only an error event stops the pass.
         out: list[bytes] = []
         failure: canonical.StreamError | None = None
         progress = False  # comments, pings and blank lines are not progress
-        for frame in frames:
-            raw = frame.raw
-            progress = progress or bool(frame.events)
-            for event in frame.events:
-                if isinstance(event, canonical.StreamError):
+        for frame in decoder.feed(chunk) if chunk else decoder.close():
+            events = frame.events
+            if events:
+                progress = True
+            for event in events:
+                if event.__class__ is canonical.StreamError:
                     # An upstream may quote the key it was sent in its error.
                     event = failure = canonical.StreamError(ctx.redact(event.message), event.status, event.kind)
-                    raw = ctx.redact(raw.decode("utf-8", "replace")).encode()
-                collector.add(event)
-            if relay:
-                # OpenAI upstreams are always asked for stream usage; a client
-                # that did not ask for it does not get that extra frame.
-                if req.include_usage or decision.provider.format != "openai" or not _usage_only(frame):
-                    out.append(raw)
-            else:
-                out.extend(encoder.encode(e) for e in frame.events if not isinstance(e, canonical.StreamError))
+                collect(event)
+            if failure is not None:
+                if relay:
+                    out.append(ctx.redact(frame.raw.decode("utf-8", "replace")).encode())
+                break
+            if not relay:
+                out += [encoder.encode(e) for e in events]
+            elif not (drop_usage and events and events[0].__class__ is canonical.UsageUpdate and _usage_only(frame)):
+                out.append(frame.raw)
         if not ex.response_started:
             # First-chunk gate: the status line waits for the first upstream
             # frame, so a provider that fails before it (an error event, garbage,
             # a stall) still gets a real status and a fallback.
-            if failure is not None:
+            before_failure = out[:-1] if failure is not None and relay else out
+            if failure is not None and not any(before_failure):
                 raise errors.UpstreamStatusError(
                     f"provider '{decision.provider.name}' failed: {failure.message}", status=failure.status
                 )
@@ -388,6 +395,11 @@ def _relay_stream(
                 continue  # no complete frame yet
             yield StartResponse(200, [*_stream_headers(client), *_router_headers(ex, rec)])
             ex.response_started = True
+            if len(out) > 1 and failure is None:
+                # Fairness: the head goes out with the first frame alone; the
+                # writer lets other requests' work run before the rest.
+                yield SendBody(out[0])
+                del out[0]
         if failure is not None and not relay:
             out.append(encoder.error(failure))
         if out:
@@ -484,7 +496,7 @@ _CONTROLS = {c: " " for c in (*range(0x20), 0x7F)}
 
 
 def _usage_only(frame: formats.Frame) -> bool:
-    return bool(frame.events) and all(isinstance(e, canonical.UsageUpdate) for e in frame.events)
+    return all(isinstance(e, canonical.UsageUpdate) for e in frame.events)
 
 
 def _decode_json(body: bytes) -> tuple[Any, str | None]:

@@ -1,5 +1,6 @@
 """The HTTP/1.1 server: h11 over wires (asyncio transports, `wire.py`), run
-by anyio tasks. The only module that imports h11.
+by anyio tasks. With upstream.py (which reads httpcore's h11 connection), the
+only module that imports h11.
 
 One task per connection runs h11's request/response cycle: keep-alive,
 pipelined requests in order, `Expect: 100-continue`, limits on header size,
@@ -15,7 +16,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -26,7 +29,7 @@ import h11
 
 from llmrouter import errors
 from llmrouter.config import ServerConfig
-from llmrouter.wire import Wire
+from llmrouter.wire import Wire, body_turn
 
 log = logging.getLogger("llmrouter.server")
 
@@ -69,6 +72,7 @@ class ResponseWriter:
         self._conn = conn
         self._head_only = head_only
         self._held = b""  # a response head waiting to go out with its body
+        self._streamed = False  # no content-length: a body sent piece by piece
         self.started = False
         self.finished = False
 
@@ -76,10 +80,15 @@ class ResponseWriter:
         """Holds the head back: it goes out with the first body bytes (one
         write, not two; a stream's head with its first event) or at `end()`."""
         self.started = True
+        self._streamed = True
+        for name, _ in headers:  # a plain loop: no call per header
+            if name == "content-length":
+                self._streamed = False
+                break
         headers = [SERVER_HEADER, *headers]
         if self._conn.server.closing:
             headers.append(("connection", "close"))
-        self._held = self._conn.serialize(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+        self._held = self._conn.serialize(_response(status, headers))
 
 
     async def send(self, data: bytes) -> None:
@@ -89,6 +98,8 @@ class ResponseWriter:
             data = self._held + self._conn.serialize(h11.Data(data=data)) if data else self._held
             self._held = b""
             await self._conn.write(data)
+            if self._streamed:  # the rest of the body waits its turn: other requests' heads go first
+                await body_turn()
         elif data:
             await self._conn.send(h11.Data(data=data))
 
@@ -160,15 +171,16 @@ class Connection:
         self.closed = True
         self.wire.close()
 
-    async def _read(self) -> bytes:
+    async def _read(self, timeout: float | None = None) -> bytes:
         try:
-            return await self.wire.read()
+            return await self.wire.read(timeout)
         except ConnectionError:
             return b""
 
-    async def receive(self) -> bool:
-        """Feeds h11 the next bytes; False at EOF or a broken connection."""
-        data = await self._read()
+    async def receive(self, timeout: float | None = None) -> bool:
+        """Feeds h11 the next bytes; False at EOF or a broken connection.
+        Raises TimeoutError when none came within `timeout` seconds."""
+        data = await self._read(timeout)
         self.h11.receive_data(data)
         self.fed += len(data)
         return bool(data)
@@ -207,28 +219,34 @@ class Connection:
         self.head_request = self.in_body = False
         fed_before_head = self.fed - len(self.h11.trailing_data[0])
         first_byte_at: float | None = None
-        idle_deadline = anyio.current_time() + limits.keepalive_timeout
+        idle_deadline = time.monotonic() + limits.keepalive_timeout
         try:
             while True:
                 event = self.h11.next_event()
                 if event is h11.NEED_DATA:
+                    # One wait on a loop timer (wire.read), not a cancel scope:
+                    # an idle keep-alive connection waits for a new request's
+                    # first byte (shutdown() interrupts that wait), a started
+                    # head for the rest of it.
                     idle = self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]
                     if idle:
+                        if self.server.closing:
+                            return None
                         deadline = idle_deadline
+                        self.server.idle(self)
                     else:
-                        first_byte_at = first_byte_at or anyio.current_time()
+                        first_byte_at = first_byte_at or time.monotonic()
                         deadline = first_byte_at + limits.header_timeout
-                    scope = self.server.wait_scope(self, deadline, waiting_for_first_byte=idle)
                     try:
-                        with scope:
-                            alive = await self.receive()
-                    finally:
-                        self.server.waited(self)
-                    if scope.cancelled_caught:
+                        alive = await self.receive(deadline - time.monotonic())
+                    except TimeoutError:
                         if idle:
-                            return None  # idle keep-alive connection: close quietly
+                            return None  # idle keep-alive connection (or shutdown): close quietly
                         await self.refuse(ProtocolFailure(408, "request headers not received in time"))
                         return None
+                    finally:
+                        if idle:
+                            self.server.waited(self)
                     if not alive and self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
                         return None
                     continue
@@ -276,15 +294,15 @@ class Connection:
         if self.h11.they_are_waiting_for_100_continue:
             await self.send(h11.InformationalResponse(status_code=100, headers=[]))
         body = bytearray()
-        deadline = anyio.current_time() + limits.body_timeout  # for the whole body
+        deadline = time.monotonic() + limits.body_timeout  # for the whole body
         while True:
             ev = self.h11.next_event()
             if ev is h11.NEED_DATA:
-                # A timer only around reads: a small body usually came with the
-                # head and needs none (a deadline scope per request is not free).
-                with anyio.CancelScope(deadline=deadline) as scope:
-                    alive = await self.receive()
-                if scope.cancelled_caught:
+                # A timer only for reads that wait: a small body usually came
+                # with the head and needs none.
+                try:
+                    alive = await self.receive(deadline - time.monotonic())
+                except TimeoutError:
                     await self.refuse(ProtocolFailure(408, "request body not received in time", path))
                     return None
                 if not alive:
@@ -343,7 +361,7 @@ class Connection:
         headers, body = self.server.render_error(failure)
         headers = [SERVER_HEADER, *headers, ("content-length", str(len(body))), ("connection", "close")]
         with contextlib.suppress(errors.ClientGone):
-            await self.send(h11.Response(status_code=failure.status, headers=headers, reason=_reason(failure.status)))
+            await self.send(_response(failure.status, headers))
             if not self.head_request:
                 await self.send(h11.Data(data=body))
             await self.send(h11.EndOfMessage())
@@ -375,7 +393,7 @@ class Server:
     limits: ServerConfig
     closing: bool = False
     in_flight: int = 0
-    _idle: dict[Connection, anyio.CancelScope] = field(default_factory=dict)
+    _idle: dict[Connection, Wire] = field(default_factory=dict)
     _drained: anyio.Event | None = None
     _listening: asyncio.Server | None = None
     _connections: anyio.abc.TaskGroup | None = None
@@ -427,8 +445,8 @@ class Server:
             self._listening.close()
         if self._stop is not None:
             self._stop.set()
-        for scope in list(self._idle.values()):
-            scope.cancel()
+        for wire in list(self._idle.values()):
+            wire.interrupt()
 
     async def _drain(self) -> None:
         if self.in_flight:
@@ -446,19 +464,37 @@ class Server:
         if self.in_flight == 0 and self._drained is not None:
             self._drained.set()
 
-    def wait_scope(self, conn: Connection, deadline: float, *, waiting_for_first_byte: bool) -> anyio.CancelScope:
-        """The scope for one wait for request bytes; a connection waiting for
-        a new request's first byte is idle: shutdown() cancels its wait.
-        (Not a @contextmanager: one more generator per request, for nothing.)"""
-        scope = anyio.CancelScope(deadline=deadline)
-        if waiting_for_first_byte:
-            if self.closing:
-                scope.cancel()
-            self._idle[conn] = scope
-        return scope
+    def idle(self, conn: Connection) -> None:
+        """`conn` waits for a new request's first byte: shutdown() ends that wait."""
+        self._idle[conn] = conn.wire
 
     def waited(self, conn: Connection) -> None:
         self._idle.pop(conn, None)
+
+
+def _response(status: int, headers: list[tuple[str, str]]) -> h11.Response:
+    """h11's Response, with each header checked and encoded by `_header`,
+    whose cache makes that one call for the headers a router sends over and
+    over (h11 would check every one on every response: about a third of its
+    work for a small reply). h11 still reads the framing headers."""
+    return h11.Response(status_code=status, headers=[_header(n, v) for n, v in headers], reason=_reason(status), _parsed=True)
+
+
+@functools.lru_cache(maxsize=1024)
+def _header(name: str, value: str) -> tuple[bytes, bytes]:
+    """A header as h11 would take it (ASCII, a token name, a value without
+    NUL, CR or LF inside), or the error h11 would raise."""
+    raw_name, raw_value = name.encode("ascii"), value.encode("ascii")
+    if not _FIELD_NAME.fullmatch(raw_name):
+        raise h11.LocalProtocolError(f"Illegal header name {raw_name!r}")
+    if not _FIELD_VALUE.fullmatch(raw_value):
+        raise h11.LocalProtocolError(f"Illegal header value {raw_value!r}")
+    return raw_name, raw_value
+
+
+# RFC 7230's token and field-value, as h11 checks them.
+_FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 
 
 @functools.lru_cache(maxsize=None)

@@ -35,6 +35,30 @@ class SSESplitter:
         self._id: str | None = None
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if b"\r" in chunk:
+            return self._feed_lines(chunk)
+        events: list[SSEEvent] = []
+        if self._buffer or self._raw or self._data or self._event:
+            # An event is open: finish it line by line, up to the first blank
+            # line, after which nothing is pending.
+            cut = chunk.find(b"\n\n")
+            if cut < 0:
+                return self._feed_lines(chunk)
+            events = self._feed_lines(chunk[: cut + 2])
+            chunk = chunk[cut + 2 :]
+        # Whole events, split at blank lines in one pass; the common one-line
+        # `data: ...` event needs no line-by-line parsing.
+        *whole, rest = chunk.split(b"\n\n")
+        for part in whole:
+            if part[:6] == b"data: " and b"\n" not in part:
+                events.append(SSEEvent("message", part[6:].decode("utf-8", "replace"), self._id, part + b"\n\n"))
+            else:
+                events += self._feed_lines(part + b"\n\n")
+        if rest:
+            events += self._feed_lines(rest)
+        return events
+
+    def _feed_lines(self, chunk: bytes) -> list[SSEEvent]:
         ends_line = b"\n" in chunk or b"\r" in chunk or self._buffer.endswith(b"\r")
         self._buffer += chunk
         if not ends_line:  # more of a long line: append only, never rescan (linear time)

@@ -41,14 +41,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import h11
 import httpcore
 
 from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import UpstreamCall
-from llmrouter.wire import Wire, connect
+from llmrouter.wire import Wire, connect, others_ready
 
 KEEPALIVE_EXPIRY = 30.0  # idle upstream connections older than this are closed
+# Body chunks (a stream's events) handled per read while other tasks are ready,
+# so that a stream whose events all arrived at once does not hold the loop.
+FAIR_SLICE = 24
 Keepalive = tuple[float, Callable[[], Awaitable[None]]]
 
 
@@ -77,6 +81,11 @@ def _translate(provider: Provider, exc: Exception) -> errors.UpstreamError:
     return errors.UpstreamProtocolError(f"provider '{name}': connection failed: {exc or type(exc).__name__}")
 
 
+class _DeadlineReached(httpcore.ReadTimeout):
+    """A read ran into the caller's deadline (`_Socket.deadline`); the
+    caller words the error, it knows which timeout that was."""
+
+
 class _Socket(httpcore.AsyncNetworkStream):
     """A wire (`wire.py`) as httpcore's connections want it.
 
@@ -90,10 +99,12 @@ class _Socket(httpcore.AsyncNetworkStream):
         self.wire = wire
         self._pending: list[bytes] = []
         self.sent = 0
-        # Set by UpstreamStream.read_all for body reads; None otherwise, because
-        # every other read already runs under a deadline of the caller's
-        # (first_byte_timeout around the head, the driver's idle timer around
-        # stream chunks) and a cancel scope per read is not free.
+        # How long a read may wait: `deadline` (time.monotonic()) is the
+        # caller's (the response head's first_byte_timeout, the driver's idle
+        # and total timeouts for the body), `read_timeout` limits each wait of
+        # read_all. Both are plain loop timers in the wire, set only when a
+        # read really waits: a cancel scope per read is not free.
+        self.deadline: float | None = None
         self.read_timeout: float | None = None
         self.keepalive: Keepalive | None = None  # set by UpstreamStream.read for one read
         self._poll: Any = None
@@ -104,38 +115,48 @@ class _Socket(httpcore.AsyncNetworkStream):
         if buffer:
             self._pending.append(buffer)
 
-    async def _flush(self) -> None:
+    async def _flush(self, timeout: float | None) -> None:
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending.clear()
         try:
-            await self.wire.write(data)
+            await self.wire.write(data, timeout)
         except ConnectionError as exc:
             raise httpcore.WriteError(f"sending the request failed: {exc}") from exc
         self.sent += len(data)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         if self._pending:
-            await self._flush()
+            try:
+                await self._flush(None if self.deadline is None else self.deadline - time.monotonic())
+            except TimeoutError:
+                raise _DeadlineReached() from None
         if self.keepalive is not None:
             await self._wait_calling_keepalive(*self.keepalive)
-        timeout = self.read_timeout
+        wait = self._wait_limit()
         try:
-            if timeout is None:
-                return await self.wire.read()
-            with anyio.fail_after(timeout):
-                return await self.wire.read()
+            return await self.wire.read(wait)
         except TimeoutError as exc:  # before OSError: TimeoutError is one
-            raise httpcore.ReadTimeout(f"no data for {timeout:g}s") from exc
+            if wait is not None and wait != self.read_timeout:
+                raise _DeadlineReached() from exc
+            raise httpcore.ReadTimeout(f"no data for {wait:g}s") from exc
         except OSError as exc:
             raise httpcore.ReadError(f"reading the response failed: {exc or type(exc).__name__}") from exc
 
+    def _wait_limit(self) -> float | None:
+        wait = self.read_timeout
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            wait = left if wait is None or left < wait else wait
+        return wait
+
     async def _wait_calling_keepalive(self, seconds: float, keepalive: Callable[[], Awaitable[None]]) -> None:
-        wire = self.wire
-        while not (wire.buffered or wire.at_eof):
-            with anyio.move_on_after(seconds):
-                await wire.wait_readable()  # consumes nothing: safe to time out
-            if not (wire.buffered or wire.at_eof):
-                await keepalive()
+        while True:
+            wait = self._wait_limit()
+            if await self.wire.wait_readable(seconds if wait is None else min(seconds, wait)):
+                return
+            if wait is not None and wait <= seconds:
+                raise _DeadlineReached()
+            await keepalive()
 
     async def aclose(self) -> None:
         self._pending.clear()
@@ -181,11 +202,16 @@ class _Socket(httpcore.AsyncNetworkStream):
         return bool(self._poll.poll(0))
 
 
-async def _connect(host: str, port: int, timeout: float | None) -> _Socket:
+async def _connect(host: str, port: int, timeout: float | None, deadline: float | None = None) -> _Socket:
+    limit, by_deadline = timeout, False
+    if deadline is not None and (limit is None or deadline - time.monotonic() < limit):
+        limit, by_deadline = max(deadline - time.monotonic(), 0.0), True
     try:
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(limit):
             wire = await connect(host, port)
     except TimeoutError as exc:
+        if by_deadline:
+            raise _DeadlineReached() from exc
         raise httpcore.ConnectTimeout(f"connect timed out after {timeout:g}s") from exc
     except OSError as exc:
         raise httpcore.ConnectError(str(exc) or "connection refused") from exc
@@ -287,23 +313,39 @@ class _Pool:
         self.opened = 0  # connections ever opened
         self._slots: anyio.Semaphore | None = None
 
-    async def acquire_slot(self) -> None:
+    async def acquire_slot(self, deadline: float | None = None) -> None:
         if self._slots is None:  # made lazily: it must belong to the running loop
             self._slots = anyio.Semaphore(self.size)
         try:
             self._slots.acquire_nowait()  # the common case costs no trip through the event loop
         except anyio.WouldBlock:
-            await self._slots.acquire()
+            if deadline is None:
+                await self._slots.acquire()
+                return
+            with anyio.CancelScope(deadline=anyio.current_time() + deadline - time.monotonic()) as scope:
+                await self._slots.acquire()
+            if scope.cancelled_caught:
+                raise _DeadlineReached() from None
 
     def release_slot(self) -> None:
         assert self._slots is not None
         self._slots.release()
 
-    async def send(self, request: httpcore.Request) -> tuple[_Conn, httpcore.Response]:
-        conn, reused = await self._take()
+    async def send(self, request: httpcore.Request, deadline: float | None) -> tuple[_Conn, httpcore.Response]:
+        """Takes a slot and a connection and sends the request; the head must
+        come by `deadline` (time.monotonic(); None: the caller's scope times it)."""
+        await self.acquire_slot(deadline)
+        try:
+            return await self._send(request, deadline)
+        except BaseException:
+            self.release_slot()
+            raise
+
+    async def _send(self, request: httpcore.Request, deadline: float | None) -> tuple[_Conn, httpcore.Response]:
+        conn, reused = await self._take(deadline)
         sent_before = conn.sent
         try:
-            return conn, await conn.http.handle_async_request(request)
+            return conn, await self._exchange(conn, request, deadline)
         except (httpcore.NetworkError, httpcore.RemoteProtocolError):
             await self.discard(conn)
             if not reused or conn.sent != sent_before:
@@ -313,22 +355,33 @@ class _Pool:
             raise
         # The pooled connection was dead before any byte of the request reached
         # it, so the upstream cannot have seen the request: try a fresh one, once.
-        conn = await self._new()
+        conn = await self._new(deadline)
         try:
-            return conn, await conn.http.handle_async_request(request)
+            return conn, await self._exchange(conn, request, deadline)
         except BaseException:
             await self.discard(conn)
             raise
 
-    async def _take(self) -> tuple[_Conn, bool]:
+    @staticmethod
+    async def _exchange(conn: _Conn, request: httpcore.Request, deadline: float | None) -> httpcore.Response:
+        socket = conn.socket
+        if socket is not None:
+            socket.deadline = deadline  # the socket's timer, not a cancel scope
+        try:
+            return await conn.http.handle_async_request(request)
+        finally:
+            if socket is not None:
+                socket.deadline = None
+
+    async def _take(self, deadline: float | None) -> tuple[_Conn, bool]:
         while self.idle:
             conn = self.idle.pop()
             if conn.http.is_idle() and not conn.http.has_expired():
                 return conn, True
             await self.discard(conn)
-        return await self._new(), False
+        return await self._new(deadline), False
 
-    async def _new(self) -> _Conn:
+    async def _new(self, deadline: float | None) -> _Conn:
         self.open += 1
         try:
             if self.tls:
@@ -344,7 +397,7 @@ class _Pool:
                 )
                 conn = _Conn(http, backend=backend)  # connects (and handshakes) on its first request
             else:
-                socket = await _connect(self.host, self.port, self.connect_timeout)
+                socket = await _connect(self.host, self.port, self.connect_timeout, deadline)
                 http11 = httpcore.AsyncHTTP11Connection(self.origin, socket, keepalive_expiry=KEEPALIVE_EXPIRY)
                 conn = _Conn(_unshared(http11), socket=socket)
         except BaseException:
@@ -381,55 +434,104 @@ class _Pool:
             await self.discard(conn)
 
 
+def _h11_of(http: Any) -> h11.Connection | None:
+    """The h11 connection under one of httpcore's connections (an
+    AsyncHTTPConnection holds its HTTP/1.1 connection once connected);
+    None if a future httpcore keeps it elsewhere."""
+    state = getattr(getattr(http, "_connection", http), "_h11_state", None)
+    return state if isinstance(state, h11.Connection) else None
+
+
 class UpstreamStream:
     """An open upstream response: its head, then body chunks as they arrive.
     `aclose()` must be called (the driver does it in a finally): it hands the
-    connection back to the pool, or closes it if the body was not read to its end."""
+    connection back to the pool, or closes it if the body was not read to its end.
+
+    The body is read from httpcore's own h11 connection, all that has arrived
+    in one pass: httpcore's iterator hands out one HTTP chunk per step, through
+    several generators and context managers per chunk, and a stream whose
+    events come together would take one trip through the driver per event.
+    httpcore still closes the exchange (`aclose` -> its `_response_closed`),
+    which sees the same h11 states either way."""
 
     def __init__(self, provider: Provider, response: httpcore.Response, pool: _Pool, conn: _Conn) -> None:
         self.provider = provider
         self.status = response.status
         self.headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers]
         self._response = response
-        self._chunks: AsyncIterator[bytes] = response.aiter_stream().__aiter__()
+        self._h11 = _h11_of(conn.http)
+        self._chunks: AsyncIterator[bytes] | None = None  # httpcore's iterator, when there is no h11 to read
         self._pool: _Pool | None = pool
         self._conn = conn
         self.done = False
+        self.held = False  # the last read stopped early for fairness: more has arrived
 
-    async def read(self, keepalive: Keepalive | None = None) -> bytes:
-        """The next body chunk, b"" at the end. Raises UpstreamError.
+    async def read(self, keepalive: Keepalive | None = None, deadline: float | None = None) -> bytes:
+        """The body bytes that have arrived (waiting for some if none has),
+        b"" at the end. Raises UpstreamError, or TimeoutError when `deadline`
+        (time.monotonic()) passes first.
 
-        No timer of its own: the caller bounds the wait (the driver's idle
-        timer for streams), so a stream chunk costs no extra cancel scope.
-        `keepalive` is (seconds, callback): while the socket stays quiet that
-        long, the callback is awaited (it sends the client a keep-alive).
-        Cancelling a read closes the response, so a keep-alive cannot be
-        done by timing the read out and reading again."""
+        No timer of its own otherwise: the caller bounds the wait. `keepalive`
+        is (seconds, callback): while the socket stays quiet that long, the
+        callback is awaited (it sends the client a keep-alive). Cancelling a
+        read closes the response, so a keep-alive cannot be done by timing
+        the read out and reading again."""
         if self.done:
             return b""
         socket = self._conn.socket
         if socket is not None:
-            socket.keepalive = keepalive
+            socket.keepalive, socket.deadline = keepalive, deadline
         try:
+            if self._h11 is not None and socket is not None:
+                return await self._read_events(self._h11, socket)
+            if self._chunks is None:
+                self._chunks = self._response.aiter_stream().__aiter__()
             return await self._chunks.__anext__()
         except StopAsyncIteration:
             self.done = True
             return b""
+        except _DeadlineReached:
+            raise TimeoutError() from None
         except _HTTPCORE_ERRORS as exc:
             raise _translate(self.provider, exc) from exc
         finally:
             if socket is not None:
-                socket.keepalive = None
+                socket.keepalive = socket.deadline = None
 
-    async def read_all(self, limit: int) -> bytes:
+    async def _read_events(self, conn: h11.Connection, socket: _Socket) -> bytes:
+        out: list[bytes] = []
+        self.held = False
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise httpcore.RemoteProtocolError(str(exc)) from exc
+            if type(event) is h11.Data:
+                out.append(event.data)
+                if len(out) == FAIR_SLICE and others_ready():
+                    # Others are waiting: the rest stays in h11's buffer for
+                    # the next read, which lets them run first.
+                    self.held = True
+                    break
+            elif event is h11.NEED_DATA:
+                if out:
+                    break
+                conn.receive_data(await socket.read(65536))
+            else:  # EndOfMessage (or the connection closed where that ends the body)
+                self.done = True
+                break
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    async def read_all(self, limit: int, deadline: float | None = None) -> bytes:
         """The whole body; each wait for more data is limited to idle_timeout
-        (a body already received with the head costs no timer at all)."""
+        (a body already received with the head costs no timer at all), the
+        whole read to `deadline` (then TimeoutError)."""
         socket = self._conn.socket
         if socket is not None:
             socket.read_timeout = self.provider.idle_timeout if math.isfinite(self.provider.idle_timeout) else None
         try:
             body = bytearray()
-            while chunk := await self.read():
+            while chunk := await self.read(deadline=deadline):
                 body += chunk
                 if len(body) > limit:
                     raise errors.UpstreamProtocolError(f"provider '{self.provider.name}': response larger than {limit} bytes")
@@ -442,14 +544,24 @@ class UpstreamStream:
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        # Shielded: a cancelled request must still settle its connection.
-        with anyio.CancelScope(shield=True):
-            try:
-                with contextlib.suppress(Exception):
-                    await self._response.aclose()  # httpcore closes the socket unless the exchange completed
-                await pool.put_back(self._conn)
-            finally:
-                pool.release_slot()
+        if isinstance(getattr(self._conn.http, "_state_lock", None), _Unshared):
+            # Nothing in here waits on such a connection (no lock, and closing
+            # a wire does not wait), so cancellation, which strikes only at a
+            # wait, cannot interrupt it: no shield needed.
+            await self._settle(pool)
+        else:
+            # A cancelled request must still settle its connection, and closing
+            # a response can take httpcore's lock (a wait): shielded.
+            with anyio.CancelScope(shield=True):
+                await self._settle(pool)
+
+    async def _settle(self, pool: _Pool) -> None:
+        try:
+            with contextlib.suppress(Exception):
+                await self._response.aclose()  # httpcore closes the socket unless the exchange completed
+            await pool.put_back(self._conn)
+        finally:
+            pool.release_slot()
 
 
 class Upstreams:
@@ -491,20 +603,20 @@ class Upstreams:
             # driver's idle timer and read_all.
             extensions={"timeout": {"connect": provider.connect_timeout}},
         )
-        # A bare CancelScope with a deadline: anyio.fail_after is the same
-        # scope wrapped in a generator-based context manager.
-        with anyio.CancelScope(deadline=anyio.current_time() + provider.first_byte_timeout) as scope:
-            try:
-                await pool.acquire_slot()
-                try:
-                    conn, response = await pool.send(request)
-                except BaseException:
-                    pool.release_slot()
-                    raise
-            except _HTTPCORE_ERRORS as exc:
-                raise _translate(provider, exc) from exc
-        if scope.cancelled_caught:
-            raise errors.UpstreamTimeout(f"provider '{provider.name}': no response within {provider.first_byte_timeout:g}s")
+        try:
+            if pool.tls:
+                # The TLS connect happens inside httpcore, on a socket made
+                # there: one cancel scope times connect, handshake and head.
+                with anyio.CancelScope(deadline=anyio.current_time() + provider.first_byte_timeout) as scope:
+                    conn, response = await pool.send(request, None)
+                if scope.cancelled_caught:
+                    raise _DeadlineReached()
+            else:
+                conn, response = await pool.send(request, time.monotonic() + provider.first_byte_timeout)
+        except _DeadlineReached:
+            raise errors.UpstreamTimeout(f"provider '{provider.name}': no response within {provider.first_byte_timeout:g}s") from None
+        except _HTTPCORE_ERRORS as exc:
+            raise _translate(provider, exc) from exc
         return UpstreamStream(provider, response, pool, conn)
 
     async def aclose(self) -> None:

@@ -21,6 +21,9 @@ send buffer is above its high-water mark, so a slow reader slows the writer.
 from __future__ import annotations
 
 import asyncio
+import collections
+import math
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -100,30 +103,31 @@ class Wire(asyncio.Protocol):
         """Bytes received and not yet read."""
         return self._size
 
-    async def wait_readable(self) -> None:
-        """Waits until a read would not wait (data or EOF); consumes nothing,
-        so it can be cancelled at any time without losing a byte."""
-        if self._chunks or self.at_eof:
-            return
-        self._reader = asyncio.get_running_loop().create_future()
-        try:
-            await self._reader
-        finally:
-            self._reader = None
+    async def wait_readable(self, timeout: float | None = None) -> bool:
+        """Waits until a read would not wait (data or EOF), at most `timeout`
+        seconds; False when that ran out. Consumes nothing."""
+        if not (self._chunks or self.at_eof):
+            try:
+                await self._wait(timeout)
+            except TimeoutError:
+                return False
+        return True
 
-    async def read(self) -> bytes:
-        """Everything received so far, waiting for some if there is none;
-        b"" at EOF. Raises ConnectionError when the connection broke."""
+    def interrupt(self) -> None:
+        """Ends a wait in read() or wait_readable() as if its time ran out."""
+        if self._reader is not None:
+            _time_out(self._reader)
+
+    async def read(self, timeout: float | None = None) -> bytes:
+        """Everything received so far, waiting for some if there is none (at
+        most `timeout` seconds, then TimeoutError); b"" at EOF. Raises
+        ConnectionError when the connection broke."""
         while not self._chunks:
             if self.at_eof:
                 if self.error is not None:
                     raise ConnectionResetError(str(self.error) or type(self.error).__name__)
                 return b""
-            self._reader = asyncio.get_running_loop().create_future()
-            try:
-                await self._reader
-            finally:
-                self._reader = None
+            await self._wait(timeout)
         data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks.clear()
         self._size = 0
@@ -132,17 +136,37 @@ class Wire(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
-    async def write(self, data: bytes) -> None:
-        """Hands `data` to the transport; waits while its send buffer is full.
-        Raises ConnectionError when the connection is gone or the send failed."""
+    async def _wait(self, timeout: float | None) -> None:
+        # A timer only for a wait that really happens, and a plain loop timer
+        # rather than a cancel scope: input that is already here costs none.
+        loop = asyncio.get_running_loop()
+        reader = self._reader = loop.create_future()
+        timer = None if timeout is None or timeout == math.inf else loop.call_later(max(timeout, 0.0), _time_out, reader)
+        try:
+            await reader
+        finally:
+            self._reader = None
+            if timer is not None:
+                timer.cancel()
+
+    async def write(self, data: bytes, timeout: float | None = None) -> None:
+        """Hands `data` to the transport; waits while its send buffer is full
+        (at most `timeout` seconds, then TimeoutError). Raises ConnectionError
+        when the connection is gone or the send failed."""
         if self.lost or self.transport.is_closing():
             raise ConnectionResetError("the connection is closed")
         self.transport.write(data)
         if self.transport.is_closing():  # the send failed: asyncio closes the transport at once
             raise ConnectionResetError("the peer closed the connection")
         while self._writing_paused and not self.lost:
-            self._drainer = asyncio.get_running_loop().create_future()
-            await self._drainer
+            loop = asyncio.get_running_loop()
+            drainer = self._drainer = loop.create_future()
+            timer = None if timeout is None or timeout == math.inf else loop.call_later(max(timeout, 0.0), _time_out, drainer)
+            try:
+                await drainer
+            finally:
+                if timer is not None:
+                    timer.cancel()
         if self.lost:
             raise ConnectionResetError("the connection is closed")
 
@@ -168,8 +192,60 @@ class Wire(asyncio.Protocol):
         return self.transport.get_extra_info(name, default) if self.transport is not None else default
 
 
+def others_ready() -> bool:
+    """True when other tasks or callbacks wait for this loop (asyncio's run
+    queue; always True on a loop that does not show it, such as uvloop)."""
+    return bool(getattr(asyncio.get_running_loop(), "_ready", True))
+
+
+async def fair_turn() -> None:
+    """Lets the other ready tasks run first, if there are any."""
+    if others_ready():
+        await asyncio.sleep(0)
+
+
+async def body_turn() -> None:
+    """Waits, if other tasks are ready, for this stream's next turn to go on
+    with a body: one body goes on per event-loop iteration, while everything
+    else that is ready runs in every iteration, so a request working towards
+    its response head never waits for a row of other streams' bodies."""
+    if not others_ready():
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        lane = _LANES.setdefault(loop, collections.deque())
+    except TypeError:  # a loop that takes no weak reference: a plain turn
+        await asyncio.sleep(0)
+        return
+    turn = loop.create_future()
+    lane.append(turn)
+    if len(lane) == 1:
+        loop.call_soon(_next_body, lane)
+    await turn
+
+
+def _next_body(lane: collections.deque[asyncio.Future[None]]) -> None:
+    while lane:
+        turn = lane.popleft()
+        if not turn.done():  # a cancelled waiter's turn passes on
+            turn.set_result(None)
+            break
+    if lane:
+        asyncio.get_running_loop().call_soon(_next_body, lane)  # the next one in the next iteration
+
+
+_LANES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, collections.deque[asyncio.Future[None]]] = weakref.WeakKeyDictionary()
+
+
+def _time_out(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 async def connect(host: str, port: int) -> Wire:
     """Opens a TCP connection (the caller bounds the wait). Raises OSError."""
     loop = asyncio.get_running_loop()
-    _, wire = await loop.create_connection(Wire, host, port, happy_eyeballs_delay=0.25)
+    # Happy eyeballs (IPv6 and IPv4 tried side by side) is asyncio's own loop's; uvloop lacks it.
+    options = {"happy_eyeballs_delay": 0.25} if isinstance(loop, asyncio.BaseEventLoop) else {}
+    _, wire = await loop.create_connection(Wire, host, port, **options)
     return wire

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import httpcore
 import pytest
 
 from fakes import FakeUpstream, Reply
+from llmrouter import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CANARY = "sk-canary-7f3a9c1e5b2d4a60"
@@ -154,7 +156,16 @@ def test_startup_line_names_url_config_providers_and_dashboard(tmp_path):
         assert proc.wait(10) == 0
     finally:
         proc.kill()
-    assert re.search(r"listening on http://127\.0\.0\.1:\d+ \(config: config\.toml, 1 provider\(s\), dashboard http://\S+/dashboard\)", line), line
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"  # the `fast` extra, when installed
+    assert re.search(
+        r"listening on http://127\.0\.0\.1:\d+ \(config: config\.toml, 1 provider\(s\), dashboard http://\S+/dashboard, %s event loop\)" % loop, line
+    ), line
+
+
+def test_event_loop_is_uvloop_when_installed_unless_asyncio_is_asked_for():
+    assert cli.event_loop({"LLMROUTER_LOOP": "asyncio"}) == ("asyncio", {})
+    installed = importlib.util.find_spec("uvloop") is not None
+    assert cli.event_loop({}) == (("uvloop", {"use_uvloop": True}) if installed else ("asyncio", {}))
 
 
 @pytest.fixture(scope="module")

@@ -637,6 +637,9 @@ def _stream_error(err: Any) -> c.StreamError:
     )
 
 
+_SCAN = json.JSONDecoder().scan_once  # the C scanner alone: one call, no whitespace around the value
+
+
 class Decoder:
     """chat.completion.chunk SSE as canonical events, one Frame per SSE event."""
 
@@ -665,9 +668,36 @@ class Decoder:
             self._done = True
             return Frame(raw)
         try:
-            chunk = json.loads(data)
+            chunk, end = _SCAN(data, 0)
+            if data[end:]:
+                raise StopIteration  # more after the value: json.loads tells what
+        except StopIteration:  # whitespace around the value, or not JSON
+            try:
+                chunk = json.loads(data)
+            except (ValueError, RecursionError) as exc:
+                raise errors.UpstreamProtocolError(f"upstream stream sent invalid JSON: {exc}") from None
         except (ValueError, RecursionError) as exc:
             raise errors.UpstreamProtocolError(f"upstream stream sent invalid JSON: {exc}") from None
+        if self._started:
+            # The common chunk, read without a call per field: one choice whose
+            # delta is a piece of text, no finish, no usage, no error. Anything
+            # else (or a field of another type) takes the general path below.
+            try:
+                choice = chunk["choices"][0]
+                delta = choice["delta"]
+                text = delta["content"]
+                if (
+                    text.__class__ is str
+                    and choice["finish_reason"] is None
+                    and choice["index"] == 0
+                    and ("refusal" not in delta or delta["refusal"] is None)
+                    and ("tool_calls" not in delta or delta["tool_calls"] is None)
+                    and ("usage" not in chunk or chunk["usage"] is None)
+                    and "error" not in chunk
+                ):
+                    return Frame(raw, [c.TextDelta(text)] if text else [])
+            except (KeyError, IndexError, TypeError):
+                pass
         if not isinstance(chunk, dict):
             raise errors.UpstreamProtocolError("upstream stream sent a chunk that is not a JSON object")
         if chunk.get("error") is not None:
