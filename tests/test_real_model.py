@@ -282,13 +282,13 @@ def test_ollama_client_chat_streaming(router):
 
 
 def test_ollama_client_tool_follow_up_turn(router):
-    """The turn after a tool call: Ollama's id-less call and its result, sent
-    with paired ids the real server accepts, get an answer. (The assistant turn
-    has text: llama-cpp-python's server refuses an assistant message whose
-    content is null, which is what a call-only turn becomes in OpenAI's format.)"""
+    """The turn after a tool call, as Ollama clients send it: a call-only
+    assistant turn with no id, and its result. Sent with paired ids and an
+    empty `content` on the call-only turn (llama-cpp-python's server refuses a
+    null one), it gets an answer."""
     history = [
         {"role": "user", "content": "What is the weather in Paris?"},
-        {"role": "assistant", "content": "Let me check.", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
         {"role": "tool", "tool_name": "get_weather", "content": "Sunny, 21 degrees."},
     ]
     tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",

@@ -490,7 +490,10 @@ def _render_messages(req: c.Request, warnings: list[str]) -> list[dict[str, Any]
 def _assistant_json(message: c.Message, req: c.Request) -> dict[str, Any]:
     text = "".join(p.text for p in message.content if isinstance(p, c.Text))
     calls = [p for p in message.content if isinstance(p, c.ToolCall)]
-    out: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+    # A call-only turn's content is "", not the `null` OpenAI also takes:
+    # llama-cpp-python's server refuses null, and its chat templates read
+    # `message.content`, so the key cannot be left out either.
+    out: dict[str, Any] = {"role": "assistant", "content": text}
     if calls:
         out["tool_calls"] = [_tool_call_json(call, req) for call in calls]
     return out
