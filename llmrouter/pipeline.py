@@ -369,6 +369,8 @@ def _relay_stream(
             events = frame.events
             if events:
                 progress = True
+            elif relay and not ex.response_started:
+                continue  # a keep-alive before the head: nothing to forward yet, fallback stays possible
             for event in events:
                 if event.__class__ is canonical.StreamError:
                     # An upstream may quote the key it was sent in its error.

@@ -239,16 +239,16 @@ def test_keepalives_without_events_end_a_started_stream_in_band(drippers, upstre
     record(f"timeouts.stream_idle_{upstream}_s", round(got.seconds, 3), unit="s", configured=STREAM_IDLE)
 
 
+@pytest.mark.parametrize("client", ["openai", "anthropic"])
 @pytest.mark.parametrize("upstream", list(DRIPS))
-def test_keepalives_from_the_start_are_a_504_before_the_first_byte(drippers, upstream):
+def test_keepalives_from_the_start_are_a_504_before_the_first_byte(drippers, upstream, client):
+    """Keep-alives alone send the client nothing, translated or relayed as is
+    (openai → openai and anthropic → anthropic): its head still waits for a
+    first event, so the request may still fall back or get a real status."""
     router, fakes = drippers
     head, _, drip = DRIPS[upstream]
     fakes[upstream].script = lambda r: Reply.raw(200, head, keepalives(drip))
-    request_id = f"drip-nothing-{upstream}"
-    # A client of another format: its stream is translated, so keep-alives
-    # alone send it nothing. (A same-format relay forwards them: that stream
-    # has started, and ends in-band as above.)
-    client = "openai" if upstream == "anthropic" else "anthropic"
+    request_id = f"drip-nothing-{upstream}-{client}"
     got = send(router.port, client, f"{upstream}/m", True, request_id)
     assert got.status == 504, got.body
     assert "no stream event" in json.loads(got.body)["error"]["message"]
