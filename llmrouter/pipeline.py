@@ -353,6 +353,7 @@ def _relay_stream(
     ex.first_chunk_at = None
     event_timeout = ctx.config.server.stream_idle_timeout
     progress = False
+    held: list[bytes] = []  # before the head: relayed frames with no event yet (keep-alives)
     while True:
         # Before its head, nothing can go to the client, keep-alives included.
         chunk = yield ReadUpstream(PING_AFTER, encoder.ping() if ex.response_started else b"", event_timeout, progress)
@@ -364,13 +365,9 @@ def _relay_stream(
         # one write; only an error event stops the pass.
         out: list[bytes] = []
         failure: canonical.StreamError | None = None
-        progress = False  # comments, pings and blank lines are not progress
+        progress = False  # an event came in this read (comments, pings and blank lines are no progress)
         for frame in decoder.feed(chunk) if chunk else decoder.close():
             events = frame.events
-            if events:
-                progress = True
-            elif relay and not ex.response_started:
-                continue  # a keep-alive before the head: nothing to forward yet, fallback stays possible
             for event in events:
                 if event.__class__ is canonical.StreamError:
                     # An upstream may quote the key it was sent in its error.
@@ -380,21 +377,24 @@ def _relay_stream(
                 if relay:
                     out.append(ctx.redact(frame.raw.decode("utf-8", "replace")).encode())
                 break
+            if events:
+                progress = True
             if not relay:
                 out += [encoder.encode(e) for e in events]
             elif not (drop_usage and events and events[0].__class__ is canonical.UsageUpdate and _usage_only(frame)):
                 out.append(frame.raw)
         if not ex.response_started:
             # First-chunk gate: the status line waits for the first upstream
-            # frame, so a provider that fails before it (an error event, garbage,
-            # a stall) still gets a real status and a fallback.
-            before_failure = out[:-1] if failure is not None and relay else out
-            if failure is not None and not any(before_failure):
+            # event, so a provider that fails before it (an error event, garbage,
+            # a stall, only keep-alives) still gets a real status and a fallback.
+            if failure is not None and not progress:
                 raise errors.UpstreamStatusError(
                     f"provider '{decision.provider.name}' failed: {failure.message}", status=failure.status
                 )
-            if not any(out) and chunk:
-                continue  # no complete frame yet
+            if not progress and chunk:
+                held += out  # a relay's frames without an event wait for the head with the first one
+                continue
+            out[:0] = held
             yield StartResponse(200, [*_stream_headers(client), *_router_headers(ex, rec)])
             ex.response_started = True
             if len(out) > 1 and failure is None:

@@ -644,7 +644,12 @@ _SCAN = json.JSONDecoder().scan_once  # the C scanner alone: one call, no whites
 
 
 class Decoder:
-    """chat.completion.chunk SSE as canonical events, one Frame per SSE event."""
+    """chat.completion.chunk SSE as canonical events, one Frame per SSE event.
+
+    /v1/completions' decoder (openai_completions.py) shares the framing, the
+    error and usage handling, and differs in what a chunk's choice carries
+    (`_choice`) and how its finish reads (`_stop`).
+    """
 
     def __init__(self, req: c.Request) -> None:
         self._req = req  # makes the ids of tool calls that come without one
@@ -710,24 +715,30 @@ class Decoder:
             self._started = True
             cid, model = chunk.get("id"), chunk.get("model")
             events.append(c.MessageStart(cid if isinstance(cid, str) else "", model if isinstance(model, str) else ""))
-        finish = None
-        choices = chunk.get("choices")
-        if isinstance(choices, list):
-            for choice in choices:
-                # only the first choice (n > 1 is forwarded raw, never translated)
-                if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                    finish = choice.get("finish_reason")
-                    delta = choice.get("delta")
-                    if isinstance(delta, dict):
-                        self._delta(delta, events)
-                    break
+        finish = self._choice(chunk, events)
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             events.append(c.UsageUpdate(parse_usage(usage)))
         if finish and not self._finished:
             self._finished = True
-            events.append(c.Stop(_stop_reason(finish, bool(self._calls))))
+            events.append(c.Stop(self._stop(finish)))
         return Frame(raw, events)
+
+    def _choice(self, chunk: dict[str, Any], events: list[c.StreamEvent]) -> Any:
+        """Adds the first choice's events; returns its finish_reason."""
+        choices = chunk.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                # only the first choice (n > 1 is forwarded raw, never translated)
+                if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                    delta = choice.get("delta")
+                    if isinstance(delta, dict):
+                        self._delta(delta, events)
+                    return choice.get("finish_reason")
+        return None
+
+    def _stop(self, finish: Any) -> str:
+        return _stop_reason(finish, bool(self._calls))
 
     def _delta(self, delta: dict[str, Any], events: list[c.StreamEvent]) -> None:
         text = delta.get("content")

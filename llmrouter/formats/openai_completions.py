@@ -16,10 +16,9 @@ from typing import Any
 from llmrouter import canonical as c
 from llmrouter import errors
 from llmrouter.config import Provider
-from llmrouter.formats import Frame, UpstreamCall, forwardable_body, openai, passthrough
+from llmrouter.formats import UpstreamCall, forwardable_body, openai, passthrough
 from llmrouter.formats.openai import dumps
 from llmrouter.formats.validate import bad, body_object, parse_plugins, take
-from llmrouter.sse import SSESplitter
 
 FORMAT, KIND = "openai", c.COMPLETION
 error_body = openai.error_body
@@ -192,51 +191,15 @@ def parse_response(data: bytes, req: c.Request) -> c.Response:
     )
 
 
-class Decoder:
+class Decoder(openai.Decoder):
     """`text_completion` SSE chunks as canonical text events, one Frame per SSE event."""
 
-    def __init__(self, req: c.Request) -> None:
-        self._sse = SSESplitter()
-        self._started = False
-        self._done = False  # data: [DONE] seen
-        self._finished = False  # a finish_reason seen
-
-    def feed(self, data: bytes) -> list[Frame]:
-        return [self._frame(event.data, event.raw) for event in self._sse.feed(data)]
-
-    def close(self) -> list[Frame]:
-        frames = self.feed(b"\n\n") if self._sse.pending else []
-        if not (self._done or self._finished):
-            raise errors.UpstreamProtocolError("upstream stream ended before completion")
-        return frames
-
-    def _frame(self, data: str, raw: bytes) -> Frame:
-        if not data or self._done:
-            return Frame(raw)
-        if data == "[DONE]":
-            self._done = True
-            return Frame(raw)
-        try:
-            chunk = json.loads(data)
-        except (ValueError, RecursionError) as exc:
-            raise errors.UpstreamProtocolError(f"upstream stream sent invalid JSON: {exc}") from None
-        if not isinstance(chunk, dict):
-            raise errors.UpstreamProtocolError("upstream stream sent a chunk that is not a JSON object")
-        if chunk.get("error") is not None:
-            return Frame(raw, [openai._stream_error(chunk["error"])])
-        events: list[c.StreamEvent] = []
-        if not self._started:
-            self._started = True
-            cid, model = chunk.get("id"), chunk.get("model")
-            events.append(c.MessageStart(cid if isinstance(cid, str) else "", model if isinstance(model, str) else ""))
+    def _choice(self, chunk: dict[str, Any], events: list[c.StreamEvent]) -> Any:
         choice = _first_choice(chunk)
         text = choice.get("text")
         if isinstance(text, str) and text:
             events.append(c.TextDelta(text))
-        if isinstance(chunk.get("usage"), dict):
-            events.append(c.UsageUpdate(openai.parse_usage(chunk["usage"])))
-        finish = choice.get("finish_reason")
-        if finish and not self._finished:
-            self._finished = True
-            events.append(c.Stop(_stop_reason(finish)))
-        return Frame(raw, events)
+        return choice.get("finish_reason")
+
+    def _stop(self, finish: Any) -> str:
+        return _stop_reason(finish)
