@@ -34,7 +34,7 @@ from llmrouter.commands import (
     StartResponse,
     UpstreamHead,
 )
-from llmrouter.config import Config
+from llmrouter.config import Config, Provider
 from llmrouter.measure import Measurements
 from llmrouter.redact import Redactor
 from llmrouter.formats import (
@@ -227,7 +227,7 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
         name = decision.provider.name
         if name in tried or name in skipped or name in unable:
             continue
-        if decision.provider.format not in KIND_UPSTREAMS[req.kind]:
+        if not serves(decision.provider, req.kind):
             unable[name] = decision.provider.format  # on to the next decision, as for an open circuit
             continue
         if len(tried) >= max_attempts:
@@ -274,9 +274,20 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
             f"provider(s) {', '.join(skipped)} failed repeatedly and are skipped for now; retry in {wait:.0f}s",
             retry_after=breaker.retry_after_header(wait),
         )
+    raise kind_not_supported(req, unable)
+
+
+def serves(provider: Provider, kind: str) -> bool:
+    """Whether `provider`'s format has an API for requests of `kind`; routing
+    (and `llmrouter replay`) passes over a provider that has none."""
+    return provider.format in KIND_UPSTREAMS[kind]
+
+
+def kind_not_supported(req: canonical.Request, unable: Mapping[str, str]) -> errors.KindNotSupported:
+    """The 400 when every provider routed was `unable` ({name: format}) to serve `req`'s kind."""
     names = ", ".join(f"'{name}' (format {fmt})" for name, fmt in unable.items())
-    raise errors.KindNotSupported(f"no provider routed for model '{req.model}' can serve {req.kind} requests: "
-                                  f"provider {names} has no API for them", param="model")
+    return errors.KindNotSupported(f"no provider routed for model '{req.model}' can serve {req.kind} requests: "
+                                   f"provider {names} has no API for them", param="model")
 
 
 def _breaker_outcome(ctx: Context, name: str, status: int) -> Pipeline:

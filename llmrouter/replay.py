@@ -1,10 +1,11 @@
 """Replay: what a config would have done with the requests of a JSONL log. Pure.
 
 Each logged `complete` record (events.md) is turned back into a request —
-model, client format, system prompt, messages, stream flag — and put through
-the routing half of the pipeline of another config: on_start plugins,
+kind, model, client format, system prompt, messages, stream flag — and put
+through the routing half of the pipeline of another config: on_start plugins,
 classifiers, pre_request plugins, the router rules. Nothing is sent anywhere;
-the first routing decision is what the request "would" get.
+the first routing decision whose provider can serve the request's kind
+(pipeline.serves) is what the request "would" get.
 
 What a log cannot give back is assumed neutral: every circuit is closed, no
 model was discovered, no request is in flight, per-request plugin entries
@@ -21,14 +22,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmrouter import canonical, classifiers, errors, plugins, router
+from llmrouter import canonical, classifiers, errors, pipeline, plugins, router
 from llmrouter.config import Config, Rule
 
 PLUGIN = "plugin"  # the provider name the log uses when a plugin answered
 # The failures of requests that reached the plugins and rules without a provider
 # answering; any other record without a provider was refused or invalid before
 # routing, and replaying it would say nothing.
-ROUTED_ERROR_CODES = (errors.NoRoute.code, router.UnknownProvider.code, errors.CircuitOpen.code, errors.PluginError.code)
+ROUTED_ERROR_CODES = (
+    errors.NoRoute.code, router.UnknownProvider.code, errors.CircuitOpen.code, errors.PluginError.code,
+    errors.KindNotSupported.code,
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class Outcome:
     rule_type: str | None
     live: tuple[str, ...] = ()  # why this outcome depends on live state; () when it does not
     error: str | None = None
+    status: int | None = None  # with `error`: the status the router would answer with
+    error_code: str | None = None  # with `error`: its code, as a log record's `error_code`
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ class Replayed:
             "live": list(would.live),
         }
         if would.error:
-            out["error"] = would.error
+            out.update(error=would.error, status=would.status, error_code=would.error_code)
         return out
 
 
@@ -97,12 +103,16 @@ def request_of(record: dict[str, Any]) -> canonical.Request:
     model, messages, system = record.get("requested_model"), record.get("messages"), record.get("system")
     if not isinstance(model, str) or not isinstance(messages, list) or not (system is None or isinstance(system, str)):
         raise ValueError("not a request record (requested_model, messages, system)")
+    kind = record.get("kind", canonical.CHAT)  # logs from before kinds were logged hold chats only
+    if kind not in canonical.KINDS:
+        raise ValueError(f"unknown request kind {kind!r}")
     return canonical.Request(
         model=model,
         messages=[_message(m) for m in messages],
         system=system,
         stream=record.get("stream") is True,
         client_format=record.get("client_format") if isinstance(record.get("client_format"), str) else "openai",
+        kind=kind,
     )
 
 
@@ -146,23 +156,34 @@ def decide(req: canonical.Request, config: Config, rng: router.Rng) -> Outcome:
             if flow == plugins.CONTINUE and state.response is None:
                 return _route(req, config, rng)
     except errors.RouterError as err:
-        return Outcome(None, None, None, None, error=err.message)
+        return _failed(err)
     if state.response is None:
-        return Outcome(None, None, None, None, error="pipeline stopped without producing a response")
+        return _failed(errors.RouterError("pipeline stopped without producing a response"))
     return Outcome(PLUGIN, req.model, None, None)
 
 
+def _failed(err: errors.RouterError, live: tuple[str, ...] = ()) -> Outcome:
+    return Outcome(None, None, None, None, live, err.message, err.status, err.code)
+
+
 def _route(req: canonical.Request, config: Config, rng: router.Rng) -> Outcome:
+    """The first decision whose provider can serve the request's kind, as
+    pipeline._route passes over the others (with a circuit closed, it sends there)."""
+    unable: dict[str, str] = {}
     try:
-        first = next(router.decisions(req, config, {}, rng))
+        for decision in router.decisions(req, config, {}, rng):
+            if pipeline.serves(decision.provider, req.kind):
+                break
+            unable.setdefault(decision.provider.name, decision.provider.format)
+        else:
+            raise pipeline.kind_not_supported(req, unable)
     except errors.RouterError as err:
-        # No rule matched: any live rule might have, with live state.
-        live = tuple(dict.fromkeys(r for rule in config.routers for r in live_reasons(rule)))
-        return Outcome(None, None, None, None, live, err.message)
-    # Rules before the deciding one matched nothing; a live one of them might have.
-    rules = config.routers[: first.rule_index + 1] if first.rule_index >= 0 else ()
+        # No rule gave a usable provider: any live rule might have, with live state.
+        return _failed(err, tuple(dict.fromkeys(r for rule in config.routers for r in live_reasons(rule))))
+    # Rules before the deciding one gave no usable provider; a live one of them might have.
+    rules = config.routers[: decision.rule_index + 1] if decision.rule_index >= 0 else ()
     live = tuple(dict.fromkeys(r for rule in rules for r in live_reasons(rule)))
-    return Outcome(first.provider.name, first.model, first.rule_index, first.rule_type, live)
+    return Outcome(decision.provider.name, decision.model, decision.rule_index, decision.rule_type, live)
 
 
 def records(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
@@ -227,7 +248,8 @@ def summary(report: Report, first_changed: int = 10) -> str:
 
 def _change_line(r: Replayed) -> str:
     would = r.would
-    where = f"routers[{would.rule_index}] ({would.rule_type})" if would.rule_index is not None and would.rule_index >= 0 else (would.rule_type or would.error or "")
+    failure = f"{would.status} {would.error_code}: {would.error}" if would.error else ""
+    where = f"routers[{would.rule_index}] ({would.rule_type})" if would.rule_index is not None and would.rule_index >= 0 else (would.rule_type or failure)
     mark = "~" if would.live else " "
     return (
         f"{mark} line {r.line} id {r.record.get('id')}: {r.record.get('requested_model')!r}: "

@@ -12,9 +12,10 @@ import tomllib
 
 import anthropic
 import openai
+import pytest
 
 from fakes import FakeUpstream
-from harness import provider_config
+from harness import provider_config, running_router
 from llmrouter import config, replay
 from subproc import RouterProcess, environ
 
@@ -158,3 +159,58 @@ def test_logged_message_parts_come_back_and_malformed_records_are_reported_by_li
     lines = [json.dumps(record("m", "hi")), "", "[1]", json.dumps({"type": "breaker"}), json.dumps({**record("m", "x"), "messages": "no"})]
     report = replay.replay(lines, cfg, random.Random(0))
     assert len(report.replayed) == 1 and [n for n, _ in report.malformed] == [3, 4, 5]
+
+
+# --- request kinds: replay passes over providers without an API for the kind, as serve does ---
+
+
+def test_embeddings_and_completions_skip_an_anthropic_provider_and_a_lone_one_is_the_routers_400(tmp_path):
+    """Logged by a real router: with catch-all rules anthropic then openai, an
+    embedding and a completion went to openai (a chat to anthropic), and with
+    the anthropic provider alone they got a 400. Replay says the same."""
+    claude = lambda url: provider_config(url, "claude", "anthropic")  # noqa: E731
+    catch_all = 'type = "prefix"\nmodel_prefix = ""\nprovider = "{}"'
+    with FakeUpstream() as fake:
+        both = claude(fake.url) + provider_config(fake.url, "oai") + rules(catch_all.format("claude"), catch_all.format("oai"))
+        alone = claude(fake.url) + rules(catch_all.format("claude"))
+        for name, served in (("both", both), ("alone", alone)):
+            logged = f'[server]\nport = 0\n[logging]\nenabled = true\npath = "{tmp_path / name}.jsonl"\n'
+            with running_router(logged + served) as router:
+                oa = openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0)
+                for call in (lambda: oa.embeddings.create(model="emb", input="some text"),
+                             lambda: oa.completions.create(model="comp", prompt="def f(", max_tokens=5),
+                             lambda: oa.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])):
+                    try:
+                        call()
+                    except openai.BadRequestError:
+                        pass
+                router.wait_records(3)
+    lines = {name: (tmp_path / f"{name}.jsonl").read_text().splitlines() for name in ("both", "alone")}
+    logged = {name: [json.loads(line) for line in lines[name]] for name in lines}
+    assert [(r["kind"], r["provider"], r["status"]) for r in logged["both"]] == [
+        ("embedding", "oai", 200), ("completion", "oai", 200), ("chat", "claude", 200)]
+    assert [(r["provider"], r["status"], r["error_code"]) for r in logged["alone"]] == [
+        (None, 400, "unsupported_kind"), (None, 400, "unsupported_kind"), ("claude", 200, None)]
+
+    same = replay.replay(lines["both"], parse(both), random.Random(0))
+    assert [(r.would.provider, r.would.model, r.would.rule_index, r.changed) for r in same.replayed] == [
+        ("oai", "emb", 1, False), ("oai", "comp", 1, False), ("claude", "chat", 0, False)]
+
+    refused = replay.replay(lines["alone"], parse(alone), random.Random(0))
+    assert refused.skipped == 0 and len(refused.replayed) == 3  # a kind nobody serves reached routing
+    for row, record in zip(refused.replayed[:2], logged["alone"]):
+        assert (row.would.status, row.would.error_code, row.would.error) == (record["status"], record["error_code"], record["error"])
+        assert row.would.provider is None and not row.changed
+        assert row.to_json()["status"] == 400 and row.to_json()["error_code"] == "unsupported_kind"
+
+    moved = replay.replay(lines["both"], parse(alone), random.Random(0))
+    assert [(r.changed, r.would.status, r.would.provider) for r in moved.replayed] == [
+        (True, 400, None), (True, 400, None), (False, None, "claude")]
+    assert "oai/emb -> (no route)  400 unsupported_kind: no provider routed for model 'emb'" in replay.summary(moved)
+
+
+def test_the_logged_kind_comes_back_and_an_unknown_one_is_malformed():
+    assert [replay.request_of(record("m", "hi", kind=k)).kind for k in ("chat", "completion", "embedding")] == ["chat", "completion", "embedding"]
+    assert replay.request_of(record("m", "hi")).kind == "chat"  # a log from before kinds were logged
+    with pytest.raises(ValueError, match="unknown request kind"):
+        replay.request_of(record("m", "hi", kind="rerank"))
