@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,14 +24,21 @@ from llmrouter.config import Config
 log = logging.getLogger("llmrouter")
 T = TypeVar("T")
 
-# Settings a running process cannot take over: the bound socket, the open log, the metrics' labels.
-RESTART_ONLY: tuple[tuple[str, Callable[[Config], Any]], ...] = (
-    ("server.host", lambda c: c.server.host),
-    ("server.port", lambda c: c.server.port),
-    ("logging.enabled", lambda c: c.logging.enabled),
-    ("logging.path", lambda c: c.logging.path),
-    ("metrics.model_label", lambda c: c.metrics.model_label),  # the counters' label set
+# Settings a running process cannot take over, as (section, key): the bound
+# socket, the open log, the metrics' labels. Only these keep their old value
+# on a reload; every other key of a section applies (logging.embedding_inputs
+# is read per request).
+RESTART_ONLY: tuple[tuple[str, str], ...] = (
+    ("server", "host"),
+    ("server", "port"),
+    ("logging", "enabled"),
+    ("logging", "path"),
+    ("metrics", "model_label"),  # the counters' label set
 )
+
+
+def _setting(config: Config, section: str, key: str) -> Any:
+    return getattr(getattr(config, section), key)
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,7 @@ def plan(old: Config, new: Config) -> Plan:
         removed=[n for n in before if n not in after],
         # Provider equality leaves the key out: a rotated key changes nothing but headers.
         changed=[n for n in after if n in before and before[n] != after[n]],
-        restart_needed=[name for name, get in RESTART_ONLY if get(old) != get(new)],
+        restart_needed=[f"{section}.{key}" for section, key in RESTART_ONLY if _setting(old, section, key) != _setting(new, section, key)],
     )
 
 
@@ -62,7 +69,10 @@ def keep_running(old: Config, new: Config) -> Config:
     except errors.ConfigError as exc:
         where = f"{new.source}: server (the router listens on {old.server.host} until a restart)"
         raise errors.ConfigError([p.replace("--host", where, 1) for p in exc.problems]) from None
-    return dataclasses.replace(pinned, logging=old.logging, metrics=old.metrics)
+    kept: dict[str, dict[str, Any]] = {}
+    for section, key in RESTART_ONLY:
+        kept.setdefault(section, {})[key] = _setting(old, section, key)
+    return dataclasses.replace(pinned, **{section: dataclasses.replace(getattr(pinned, section), **keys) for section, keys in kept.items()})
 
 
 def carry_over(old: Config, new: Config, state: Mapping[str, T]) -> dict[str, T]:

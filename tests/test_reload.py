@@ -6,6 +6,7 @@ through a real process, a real signal and fake upstreams on loopback."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 import subprocess
@@ -76,6 +77,35 @@ def test_keep_running_pins_host_port_and_log_and_refuses_an_exposed_listener_wit
     keyed = parse('[server]\nport = 9000\napi_key_env = "RK"\n' + provider_config("http://127.0.0.1:1", "a"), {"RK": "k2"})
     pinned = reload.keep_running(old, keyed)
     assert (pinned.server.host, pinned.server.port, pinned.server.api_key, pinned.logging) == ("0.0.0.0", 8000, "k2", old.logging)
+
+
+def test_a_setting_a_reload_does_not_apply_is_one_it_reports_as_needing_a_restart():
+    """Per key, not per section: whatever changes in [server], [logging] or
+    [metrics] either takes effect or is named in restart_needed, so a new key
+    cannot be silently kept at its old value."""
+    old = parse(cfg(provider_config("http://127.0.0.1:1", "a"), route="a"))
+    other = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v * 2 + 1, str: lambda v: v + "x"}
+    checked = []
+    for section in ("server", "logging", "metrics"):
+        for f in dataclasses.fields(getattr(old, section)):
+            value = getattr(getattr(old, section), f.name)
+            if type(value) not in other:
+                continue
+            changed = other[type(value)](value)
+            new = dataclasses.replace(old, **{section: dataclasses.replace(getattr(old, section), **{f.name: changed})})
+            applied = getattr(getattr(reload.keep_running(old, new), section), f.name) == changed
+            reported = f"{section}.{f.name}" in reload.plan(old, new).restart_needed
+            assert applied != reported, f"{section}.{f.name}: applied {applied}, reported {reported}"
+            checked.append(f"{section}.{f.name}")
+    assert {"logging.embedding_inputs", "logging.enabled", "metrics.model_label", "server.max_attempts"} <= set(checked)
+
+
+def test_embedding_inputs_apply_on_reload_while_the_log_stays_where_it_is():
+    old = parse('[logging]\nenabled = true\npath = "/tmp/a.jsonl"\n' + provider_config("http://127.0.0.1:1", "a"))
+    new = parse('[logging]\nenabled = false\npath = "/tmp/b.jsonl"\nembedding_inputs = true\n' + provider_config("http://127.0.0.1:1", "a"))
+    pinned = reload.keep_running(old, new).logging
+    assert (pinned.enabled, pinned.path, pinned.embedding_inputs) == (True, "/tmp/a.jsonl", True)
+    assert reload.plan(old, new).restart_needed == ["logging.enabled", "logging.path"]
 
 
 def test_the_reload_event_is_part_of_the_schema():
@@ -209,6 +239,30 @@ def test_a_changed_port_is_reported_as_needing_a_restart_and_the_router_stays_wh
     assert "server.port changed; it takes effect only after a restart" in stderr
     assert "server.host changed" in stderr
     assert reply.status == 200 and len(b.requests) == 1  # the rest of the file applied
+
+
+def test_a_reload_turns_logging_of_embedding_texts_on(tmp_path):
+    log = tmp_path / "requests.jsonl"
+    logging = f'[logging]\nenabled = true\npath = "{log}"\nembedding_inputs = {{}}\n'
+    embed = {"model": "m", "input": ["private text"]}
+    with FakeUpstream() as fake:
+        served = cfg(provider_config(fake.url, "a"), route="a")
+        with RouterProcess(served + logging.format("false"), tmp_path) as router:
+            feed = FeedReader(router.port)
+            feed.until(b": connected")
+            try:
+                assert asyncio.run(exchange(router.port, "/v1/embeddings", embed)).status == 200
+                router.config.write_text(served + logging.format("true"))
+                hup_and_wait(router, RELOADED)
+                feed.until(b"event: reload")
+                (event,) = feed_events(feed, "reload")
+            finally:
+                feed.close()
+            assert asyncio.run(exchange(router.port, "/v1/embeddings", embed)).status == 200
+            stderr = router.stderr
+    before, after = (json.loads(line) for line in log.read_text().splitlines())
+    assert before["messages"] == [] and after["messages"] == [{"role": "user", "content": "private text"}]
+    assert event["ok"] is True and event["restart_needed"] == [] and "only after a restart" not in stderr
 
 
 def test_llmrouter_reload_signals_the_pid_in_the_pid_file(tmp_path):
