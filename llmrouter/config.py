@@ -1081,7 +1081,8 @@ def describe(config: Config) -> str:
         extra += f"; also trusts the CAs in {p.ca_bundle}" if p.ca_bundle else ""
         lines.append(f"  {p.name:<{width}}  {p.format:<9}  {p.base_url:<{url_width}}  {_key_status(p, skipped)}{extra}")
     lines.append(f"routers ({len(config.routers)}, first match wins):")
-    lines += [f"  {i}. {_rule_line(rule)}" for i, rule in enumerate(config.routers, 1)]
+    # Named as warnings, config errors and `llmrouter replay` name them (from 0).
+    lines += [f"  routers[{i}] {_rule_line(rule)}" for i, rule in enumerate(config.routers)]
     for section, entries in (("classifiers", config.classifiers), ("plugins", config.plugins)):
         on = [ident for ident, e in entries.items() if e.enabled]
         lines.append(f"{section}: {', '.join(on) if on else 'none enabled'}")

@@ -55,6 +55,18 @@ def test_check_prints_what_it_understood():
     assert CANARY not in result.stdout + result.stderr
 
 
+def test_check_names_each_rule_as_its_warnings_do(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[providers]]\nname = "free"\nformat = "openai"\nbase_url = "http://127.0.0.1:1/v1"\n'
+                   '[[routers]]\ntype = "prefix"\nmodel_prefix = "x/"\nprovider = "free"\n'
+                   '[[routers]]\ntype = "price"\n')
+    result = run_cli("check", str(cfg))
+    assert result.returncode == 0, result.stderr
+    listing = [line for line in result.stdout.splitlines() if line.startswith("  routers[")]
+    assert listing == ["  routers[0] prefix: model starts with 'x/' -> free", "  routers[1] price: cheapest over all providers"]
+    assert "  - routers[1] (price): free declare no cost_per_1m_tokens and count as free" in result.stdout
+
+
 def test_check_without_argument_prints_the_built_in_default(tmp_path):
     result = run_cli("check", cwd=tmp_path)
     assert result.returncode == 0

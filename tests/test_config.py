@@ -595,14 +595,14 @@ def test_describe_lists_everything():
     assert "extra headers: X-Team, User-Agent" in out
     assert "research" not in out  # header values may be secrets: names only
     for expected in (
-        "1. prefix: model starts with 'ollama/' -> ollama (prefix stripped)",
-        "2. tag: tagged 'code' -> openai as 'gpt-4o'",
-        "3. price: cheapest over local, ollama, max cost 1/1M tokens",
-        "4. latency: fastest to answer over all providers, max 500 ms",
-        "5. throughput: most tokens/s over all providers, min 10 tokens/s",
-        "6. fallback: best quality/cost (quality_bias 0.8) over all providers",
-        "7. discover: models ollama reports -> ollama",
-        "8. random: one of local:qwen, ollama:llama3",
+        "  routers[0] prefix: model starts with 'ollama/' -> ollama (prefix stripped)",
+        "  routers[1] tag: tagged 'code' -> openai as 'gpt-4o'",
+        "  routers[2] price: cheapest over local, ollama, max cost 1/1M tokens",
+        "  routers[3] latency: fastest to answer over all providers, max 500 ms",
+        "  routers[4] throughput: most tokens/s over all providers, min 10 tokens/s",
+        "  routers[5] fallback: best quality/cost (quality_bias 0.8) over all providers",
+        "  routers[6] discover: models ollama reports -> ollama",
+        "  routers[7] random: one of local:qwen, ollama:llama3",
         "classifiers: keyword",
         "plugins: response-healing",
         "warnings:\n  - provider 'openai': $OPENAI_API_KEY is not set",
