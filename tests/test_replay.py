@@ -168,20 +168,20 @@ def test_embeddings_and_completions_skip_an_anthropic_provider_and_a_lone_one_is
     """Logged by a real router: with catch-all rules anthropic then openai, an
     embedding and a completion went to openai (a chat to anthropic), and with
     the anthropic provider alone they got a 400. Replay says the same."""
-    claude = lambda url: provider_config(url, "claude", "anthropic")  # noqa: E731
     catch_all = 'type = "prefix"\nmodel_prefix = ""\nprovider = "{}"'
     with FakeUpstream() as fake:
-        both = claude(fake.url) + provider_config(fake.url, "oai") + rules(catch_all.format("claude"), catch_all.format("oai"))
-        alone = claude(fake.url) + rules(catch_all.format("claude"))
+        claude = provider_config(fake.url, "claude", "anthropic")
+        both = claude + provider_config(fake.url, "oai") + rules(catch_all.format("claude"), catch_all.format("oai"))
+        alone = claude + rules(catch_all.format("claude"))
         for name, served in (("both", both), ("alone", alone)):
             logged = f'[server]\nport = 0\n[logging]\nenabled = true\npath = "{tmp_path / name}.jsonl"\n'
             with running_router(logged + served) as router:
                 oa = openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0)
-                for call in (lambda: oa.embeddings.create(model="emb", input="some text"),
-                             lambda: oa.completions.create(model="comp", prompt="def f(", max_tokens=5),
-                             lambda: oa.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])):
+                for create, args in ((oa.embeddings.create, {"model": "emb", "input": "some text"}),
+                                     (oa.completions.create, {"model": "comp", "prompt": "def f(", "max_tokens": 5}),
+                                     (oa.chat.completions.create, {"model": "chat", "messages": [{"role": "user", "content": "hi"}]})):
                     try:
-                        call()
+                        create(**args)
                     except openai.BadRequestError:
                         pass
                 router.wait_records(3)
