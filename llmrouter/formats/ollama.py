@@ -181,12 +181,19 @@ def _message(data: dict[str, Any]) -> dict[str, Any]:
     return message if isinstance(message, dict) else {}
 
 
-def parse_response(data: bytes, req: c.Request) -> c.Response:
+def reply_object(data: bytes) -> dict[str, Any]:
+    """A non-streamed ollama reply (chat, generate, embed) as an object; an
+    `error` field in it is the upstream's failure."""
     body = _load(data, "its reply")
     if not isinstance(body, dict):
         raise errors.UpstreamProtocolError("ollama upstream sent a non-object reply")
     if isinstance(body.get("error"), str):
         raise errors.UpstreamProtocolError(f"ollama upstream error: {body['error']}")
+    return body
+
+
+def parse_response(data: bytes, req: c.Request) -> c.Response:
+    body = reply_object(data)
     message = _message(body)
     content: list[c.Part] = []
     text = message.get("content")

@@ -17,7 +17,7 @@ from llmrouter import canonical as c
 from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import UpstreamCall, dumps, ollama
-from llmrouter.formats.ollama import _count, _load
+from llmrouter.formats.ollama import _count
 from llmrouter.formats.openai_embeddings import decode_vector, dropped, parse_texts
 from llmrouter.formats.validate import body_object, take
 
@@ -83,11 +83,7 @@ def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCal
 
 
 def parse_response(data: bytes, req: c.Request) -> c.Embeddings:
-    body = _load(data, "its reply")
-    if not isinstance(body, dict):
-        raise errors.UpstreamProtocolError("ollama upstream sent a non-object reply")
-    if isinstance(body.get("error"), str):
-        raise errors.UpstreamProtocolError(f"ollama upstream error: {body['error']}")
+    body = ollama.reply_object(data)
     vectors = body.get("embeddings")
     if not isinstance(vectors, list):
         raise errors.UpstreamProtocolError("ollama embed reply has no embeddings array")

@@ -13,10 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from llmrouter import canonical as c
-from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import UpstreamCall, dumps, forwardable_body, ollama, passthrough
-from llmrouter.formats.ollama import _load, _stop, _usage
+from llmrouter.formats.ollama import _stop, _usage
 
 FORMAT, KIND = "ollama", c.COMPLETION
 error_message = ollama.error_message
@@ -59,11 +58,7 @@ def _text(data: dict[str, Any]) -> str:
 
 
 def parse_response(data: bytes, req: c.Request) -> c.Response:
-    body = _load(data, "its reply")
-    if not isinstance(body, dict):
-        raise errors.UpstreamProtocolError("ollama upstream sent a non-object reply")
-    if isinstance(body.get("error"), str):
-        raise errors.UpstreamProtocolError(f"ollama upstream error: {body['error']}")
+    body = ollama.reply_object(data)
     return c.Response(
         id="",
         model=str(body.get("model") or ""),
