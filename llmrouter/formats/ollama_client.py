@@ -29,6 +29,7 @@ from typing import Any
 from llmrouter import canonical as c
 from llmrouter import errors
 from llmrouter.formats import dumps
+from llmrouter.formats.openai import append_tool_result
 from llmrouter.formats.validate import bad, body_object, object_at, parse_plugins, take
 
 STREAM_CONTENT_TYPE = "application/x-ndjson"
@@ -98,15 +99,6 @@ class _Pending:
         return match
 
 
-def _tool_result(messages: list[c.Message], result: c.ToolResult) -> None:
-    """Consecutive tool results share one user message (as Anthropic requires)."""
-    last = messages[-1] if messages else None
-    if last and last.role == "user" and last.content and all(isinstance(p, c.ToolResult) for p in last.content):
-        last.content.append(result)
-    else:
-        messages.append(c.Message("user", [result]))
-
-
 def _messages(body: dict[str, Any]) -> tuple[str | None, list[c.Message]]:
     items = take(body, "messages", "array", required=True)
     if not items:
@@ -135,7 +127,7 @@ def _messages(body: dict[str, Any]) -> tuple[str | None, list[c.Message]]:
                 label = f"Result of tool {name}" if name else "Tool result"
                 messages.append(c.Message("user", [c.Text(f"{label}: {text}"), *images]))
             else:
-                _tool_result(messages, c.ToolResult(call.id, [*([c.Text(text)] if text else []), *images]))
+                append_tool_result(messages, c.ToolResult(call.id, [*([c.Text(text)] if text else []), *images]))
         else:
             raise bad(f"{path}.role", "one of system, user, assistant, tool")
     return ("\n\n".join(systems) if systems else None), messages
