@@ -413,15 +413,23 @@ def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCal
         body = forwardable_body(req, model)
     else:
         body = _render_body(req, model, provider, warnings)
+    return upstream_call("/chat/completions", body, req.stream, provider, warnings)
+
+
+def upstream_call(
+    path: str, body: dict[str, Any], stream: bool, provider: Provider, warnings: list[str] | None = None
+) -> UpstreamCall:
+    """`body` POSTed to an OpenAI-style upstream (chat, completions, embeddings);
+    a stream asks for the usage chunk at its end."""
     headers = [("content-type", "application/json")]
-    if req.stream:
+    if stream:
         options = body.get("stream_options")
         body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
         headers.append(("accept", "text/event-stream"))
     if provider.api_key:
         headers.append(("authorization", f"Bearer {provider.api_key}"))
     headers.extend(provider.headers)
-    return UpstreamCall("/chat/completions", headers, dumps(body).encode(), warnings)
+    return UpstreamCall(path, headers, dumps(body).encode(), [] if warnings is None else warnings)
 
 
 def _render_body(req: c.Request, model: str, provider: Provider, warnings: list[str]) -> dict[str, Any]:
@@ -563,11 +571,16 @@ def _arguments(value: Any) -> str:
     return "{}" if value is None else dumps(value)
 
 
-def parse_response(data: bytes, req: c.Request) -> c.Response:
+def reply_json(data: bytes) -> Any:
+    """A non-streamed upstream reply's JSON (chat, completions, embeddings)."""
     try:
-        obj = json.loads(data)
+        return json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise errors.UpstreamProtocolError(f"upstream reply is not valid JSON: {exc}") from None
+
+
+def parse_response(data: bytes, req: c.Request) -> c.Response:
+    obj = reply_json(data)
     if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
         raise errors.UpstreamProtocolError("upstream reply has no choices")
     choices = obj["choices"]

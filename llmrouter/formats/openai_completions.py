@@ -10,7 +10,6 @@ pipeline relays it as it relays chat. The mapping table is in docs/formats.md.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from llmrouter import canonical as c
@@ -129,12 +128,9 @@ class Encoder:
             out += self._chunk([], openai.usage_json(self._usage))
         return out + b"data: [DONE]\n\n"
 
-    def error(self, err: c.StreamError) -> bytes:
-        body = {"error": {"message": err.message, "type": err.kind, "param": None, "code": None}}
-        return b"data: " + dumps(body).encode() + b"\n\n"
-
-    def ping(self) -> bytes:
-        return b": ping\n\n"
+    # Errors and keep-alives are framed as chat completions frames them.
+    error = openai.Encoder.error
+    ping = openai.Encoder.ping
 
 
 # --- upstream side -------------------------------------------------------------------
@@ -148,15 +144,7 @@ def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCal
         fields = {"suffix": req.suffix, "max_tokens": req.max_tokens, "temperature": req.temperature,
                   "top_p": req.top_p, "seed": req.seed, "stop": list(req.stop) or None}
         body.update((k, v) for k, v in fields.items() if v is not None)
-    headers = [("content-type", "application/json")]
-    if req.stream:
-        options = body.get("stream_options")
-        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-        headers.append(("accept", "text/event-stream"))
-    if provider.api_key:
-        headers.append(("authorization", f"Bearer {provider.api_key}"))
-    headers.extend(provider.headers)
-    return UpstreamCall("/completions", headers, dumps(body).encode())
+    return openai.upstream_call("/completions", body, req.stream, provider)
 
 
 def _first_choice(obj: dict[str, Any]) -> dict[str, Any]:
@@ -174,10 +162,7 @@ def _stop_reason(finish: Any) -> str:
 
 
 def parse_response(data: bytes, req: c.Request) -> c.Response:
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise errors.UpstreamProtocolError(f"upstream reply is not valid JSON: {exc}") from None
+    obj = openai.reply_json(data)
     if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
         raise errors.UpstreamProtocolError("upstream completion reply has no choices")
     choice = _first_choice(obj)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import struct
 from typing import Any
 
@@ -21,7 +20,6 @@ from llmrouter import canonical as c
 from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import UpstreamCall, openai
-from llmrouter.formats.openai import dumps
 from llmrouter.formats.validate import bad, body_object, parse_plugins, take
 
 FORMAT, KIND = "openai", c.EMBEDDING
@@ -99,11 +97,7 @@ def build_request(req: c.Request, model: str, provider: Provider) -> UpstreamCal
     if req.dimensions is not None:
         body["dimensions"] = req.dimensions
     body.update(req.extras.get("openai", {}))
-    headers = [("content-type", "application/json")]
-    if provider.api_key:
-        headers.append(("authorization", f"Bearer {provider.api_key}"))
-    headers.extend(provider.headers)
-    return UpstreamCall("/embeddings", headers, dumps(body).encode(), dropped(req, "ollama", "an openai"))
+    return openai.upstream_call("/embeddings", body, False, provider, dropped(req, "ollama", "an openai"))
 
 
 def dropped(req: c.Request, fmt: str, upstream: str) -> list[str]:
@@ -112,10 +106,7 @@ def dropped(req: c.Request, fmt: str, upstream: str) -> list[str]:
 
 
 def parse_response(data: bytes, req: c.Request) -> c.Embeddings:
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise errors.UpstreamProtocolError(f"upstream reply is not valid JSON: {exc}") from None
+    obj = openai.reply_json(data)
     items = obj.get("data") if isinstance(obj, dict) else None
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise errors.UpstreamProtocolError("upstream embeddings reply has no data array")
