@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 
 from background import BackgroundLoop
+from fakes import FakeUpstream
 from llmrouter import config as config_module
 from llmrouter.app import App
 
@@ -99,6 +100,68 @@ async def _run_with_events(cfg: config_module.Config, holder: list, *, task_stat
 
     app.driver.publish = publish
     await app.run(task_status=task_status)
+
+
+# Three fake upstreams, one per format, behind one router; a model's prefix
+# (`oa/…`, `an/…`, `ol/…`, stripped) picks the upstream. Serves test_matrix.py
+# and test_ollama_client.py.
+UPSTREAMS = ("openai", "anthropic", "ollama")
+MODEL = {"openai": "oa/gpt-x", "anthropic": "an/claude-x", "ollama": "ol/llama3.2:latest"}
+SENT = {"openai": "gpt-x", "anthropic": "claude-x", "ollama": "llama3.2:latest"}  # the model each upstream sees
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="  # 1×1
+
+_THREE_UPSTREAMS = """
+[server]
+port = 0
+# The tests share one router and script many upstream failures on purpose;
+# circuit breaking (tested in test_breaker.py) must not turn them into 503s.
+breaker_failures = 1000000
+
+[[providers]]
+name = "oa"
+format = "openai"
+base_url = "{oa}/v1"
+
+[[providers]]
+name = "an"
+format = "anthropic"
+base_url = "{an}"
+models = ["claude-declared"]
+
+[[providers]]
+name = "ol"
+format = "ollama"
+base_url = "{ol}"
+
+[[routers]]
+type = "prefix"
+model_prefix = "oa/"
+provider = "oa"
+strip_prefix = true
+
+[[routers]]
+type = "prefix"
+model_prefix = "an/"
+provider = "an"
+strip_prefix = true
+
+[[routers]]
+type = "prefix"
+model_prefix = "ol/"
+provider = "ol"
+strip_prefix = true
+"""
+
+
+@contextlib.contextmanager
+def three_upstreams(more_routers: str = "") -> Iterator[tuple[RunningRouter, dict[str, FakeUpstream]]]:
+    """The router and its fakes by upstream format; `more_routers` (TOML)
+    follows the prefix routers. Fails if a fake recorded an error."""
+    with FakeUpstream() as oa, FakeUpstream() as an, FakeUpstream() as ol:
+        with running_router(_THREE_UPSTREAMS.format(oa=oa.url, an=an.url, ol=ol.url) + more_routers) as router:
+            yield router, {"openai": oa, "anthropic": an, "ollama": ol}
+        for fake in (oa, an, ol):
+            assert not fake.errors, fake.errors
 
 
 def raw_http(port: int, data: bytes, *, timeout: float = 5.0, read_until_close: bool = True) -> bytes:

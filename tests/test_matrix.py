@@ -31,16 +31,10 @@ import openai
 import pytest
 
 from fakes import FakeUpstream, Reply
-from harness import running_router
+from harness import MODEL, PNG, SENT, UPSTREAMS, three_upstreams
 
 CLIENTS = ("chat", "messages", "responses")
-UPSTREAMS = ("openai", "anthropic", "ollama")
-MODEL = {"openai": "oa/gpt-x", "anthropic": "an/claude-x", "ollama": "ol/llama3.2:latest"}
-SENT = {"openai": "gpt-x", "anthropic": "claude-x", "ollama": "llama3.2:latest"}
 USAGE = (11, 7)  # what every scripted reply reports: (input, output) tokens
-
-# A 1×1 PNG.
-PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 WEATHER_SCHEMA = {
     "type": "object",
@@ -60,52 +54,13 @@ TOOLS = [
 ]
 CALLS = [("get_weather", '{"city": "Paris", "unit": "c"}'), ("get_time", '{"tz": "Europe/Paris"}')]
 
-CONFIG = """
-[server]
-port = 0
-# These tests share one router and script many upstream failures on purpose;
-# circuit breaking (tested in test_breaker.py) must not turn them into 503s.
-breaker_failures = 1000000
-
-[[providers]]
-name = "oa"
-format = "openai"
-base_url = "{oa}/v1"
-
-[[providers]]
-name = "an"
-format = "anthropic"
-base_url = "{an}"
-models = ["claude-declared"]
-
-[[providers]]
-name = "ol"
-format = "ollama"
-base_url = "{ol}"
-
+# A rule that rewrites the model (test_matrix_streams lists its target in /v1/models).
+ALIAS_ROUTER = """
 [[routers]]
 type = "prefix"
 model_prefix = "alias-"
 provider = "oa"
 rewrite_model = "gpt-rewritten"
-
-[[routers]]
-type = "prefix"
-model_prefix = "oa/"
-provider = "oa"
-strip_prefix = true
-
-[[routers]]
-type = "prefix"
-model_prefix = "an/"
-provider = "an"
-strip_prefix = true
-
-[[routers]]
-type = "prefix"
-model_prefix = "ol/"
-provider = "ol"
-strip_prefix = true
 """
 
 
@@ -151,18 +106,14 @@ def next_record(world: World, before: int, timeout: float = 5.0) -> dict:
 
 @pytest.fixture(scope="module")
 def world():
-    with FakeUpstream() as oa, FakeUpstream() as an, FakeUpstream() as ol:
-        config = CONFIG.format(oa=oa.url, an=an.url, ol=ol.url)
-        with running_router(config) as router:
-            w = World(router, {"openai": oa, "anthropic": an, "ollama": ol})
-            w.clients = {
-                "chat": ChatClient(router.url),
-                "messages": MessagesClient(router.url),
-                "responses": ResponsesClient(router.url),
-            }
-            yield w
-        for fake in (oa, an, ol):
-            assert not fake.errors, fake.errors
+    with three_upstreams(ALIAS_ROUTER) as (router, fakes):
+        w = World(router, fakes)
+        w.clients = {
+            "chat": ChatClient(router.url),
+            "messages": MessagesClient(router.url),
+            "responses": ResponsesClient(router.url),
+        }
+        yield w
 
 
 @pytest.fixture(autouse=True)

@@ -17,13 +17,9 @@ import ollama
 import pytest
 
 from fakes import FakeUpstream, Fault, Reply
-from harness import running_router
+from harness import MODEL, PNG, SENT, UPSTREAMS, running_router, three_upstreams
 from llmrouter.formats import anthropic as anthropic_format
 
-UPSTREAMS = ("openai", "anthropic", "ollama")
-MODEL = {"openai": "oa/gpt-x", "anthropic": "an/claude-x", "ollama": "ol/llama3.2:latest"}
-SENT = {"openai": "gpt-x", "anthropic": "claude-x", "ollama": "llama3.2:latest"}
-PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 WEATHER = {
     "type": "function",
     "function": {
@@ -34,45 +30,8 @@ WEATHER = {
 }
 CALLS = [("get_weather", '{"city": "Paris"}'), ("get_weather", '{"city": "Oslo"}')]
 
-CONFIG = """
-[server]
-port = 0
-breaker_failures = 1000000
-
-[[providers]]
-name = "oa"
-format = "openai"
-base_url = "{oa}/v1"
-
-[[providers]]
-name = "an"
-format = "anthropic"
-base_url = "{an}"
-models = ["claude-declared"]
-
-[[providers]]
-name = "ol"
-format = "ollama"
-base_url = "{ol}"
-
-[[routers]]
-type = "prefix"
-model_prefix = "oa/"
-provider = "oa"
-strip_prefix = true
-
-[[routers]]
-type = "prefix"
-model_prefix = "an/"
-provider = "an"
-strip_prefix = true
-
-[[routers]]
-type = "prefix"
-model_prefix = "ol/"
-provider = "ol"
-strip_prefix = true
-
+# A model the Ollama upstream lists (`/api/tags`) routes there without a prefix.
+DISCOVER_ROUTER = """
 [[routers]]
 type = "discover"
 provider = "ol"
@@ -81,11 +40,8 @@ provider = "ol"
 
 @pytest.fixture(scope="module")
 def world():
-    with FakeUpstream() as oa, FakeUpstream() as an, FakeUpstream() as ol:
-        with running_router(CONFIG.format(oa=oa.url, an=an.url, ol=ol.url)) as router:
-            yield router, {"openai": oa, "anthropic": an, "ollama": ol}
-        for fake in (oa, an, ol):
-            assert not fake.errors, fake.errors
+    with three_upstreams(DISCOVER_ROUTER) as world:
+        yield world
 
 
 @pytest.fixture
