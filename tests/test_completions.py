@@ -15,29 +15,12 @@ import httpcore
 import openai
 import pytest
 
-from fakes import Delay, FakeUpstream, Hang, Reply
+from fakes import Delay, Hang, Reply
 from harness import running_router
 from test_chaos import JSON_HEAD, SSE_HEAD
-from test_embeddings import config, posted
+from test_embeddings import config, fake, posted, router, sdk  # noqa: F401  (fake and router are fixtures)
 
 PREFIX, SUFFIX = "def add(a, b):\n    ", "\n    return total\n"
-
-
-@pytest.fixture
-def fake():
-    with FakeUpstream() as server:
-        yield server
-    assert not server.errors, server.errors
-
-
-@pytest.fixture
-def router(fake):
-    with running_router(config(fake)) as running:
-        yield running
-
-
-def sdk(router) -> openai.OpenAI:
-    return openai.OpenAI(base_url=router.url + "/v1", api_key="x", max_retries=0)
 
 
 @pytest.mark.parametrize("model", ["o/coder", "l/coder"])
