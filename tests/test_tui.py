@@ -385,6 +385,16 @@ def local_hms(ts_ms: int) -> str:
         time.tzset()
 
 
+def first_request_shown(term: Terminal | Tmux, router) -> tuple[str, dict]:
+    """Once the tui is live, one chat request through the router; the screen
+    once its reply shows, and the request's record."""
+    term.wait("● live", "Chat  model: gpt-chat")
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="k", max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "write python to sort a list"}])
+    (record,) = router.wait_records(1)
+    return term.wait("reply: echo: write python to sort a list"), record
+
+
 CONFIG = """
 [server]
 port = {port}
@@ -406,11 +416,7 @@ def test_tui_shows_requests_chats_survives_resizes_and_restarts(tmp_path):
         term = tui(f"http://127.0.0.1:{port}", "--model", "gpt-chat")
         try:
             with running_router(text) as router:
-                term.wait("● live", "Chat  model: gpt-chat")
-                client = openai.OpenAI(base_url=router.url + "/v1", api_key="k", max_retries=0)
-                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "write python to sort a list"}])
-                (record,) = router.wait_records(1)
-                screen = term.wait("reply: echo: write python to sort a list")
+                screen, record = first_request_shown(term, router)
                 assert f"{local_hms(record['ts_ms'])}  fake  gpt-4o-mini  [code]  {record['duration_ms']}ms" in screen
                 assert "prompt: write python to sort a list" in screen
                 assert "1 requests  0 errors" in screen and " fake  1 (100%)  last ok" in screen
@@ -560,11 +566,7 @@ def test_tui_in_a_real_tmux_shows_a_request_and_chats(tmp_path):
             env = {**os.environ, "PYTHONPATH": str(ROOT), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
             term = Tmux(tmp_path, [sys.executable, "-m", "llmrouter", "tui", router.url, "--model", "gpt-chat"], env)
             try:
-                term.wait("● live", "Chat  model: gpt-chat")
-                client = openai.OpenAI(base_url=router.url + "/v1", api_key="k", max_retries=0)
-                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "write python to sort a list"}])
-                (record,) = router.wait_records(1)
-                screen = term.wait("reply: echo: write python to sort a list")
+                screen, record = first_request_shown(term, router)
                 assert f"fake  gpt-4o-mini  [code]  {record['duration_ms']}ms" in screen
                 assert "1 requests  0 errors" in screen
 
