@@ -296,7 +296,23 @@ def test_long_conversations_scroll_to_the_latest_lines():
 # --- end to end: the real program in a pseudo-terminal -------------------------------------------
 
 
-class Terminal:
+class Screen:
+    """Waiting for text, for both terminals: `text()` is what shows, `ended()`
+    says how the program ended (None while it runs)."""
+
+    def wait(self, *needles: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.text()
+            if all(n in text for n in needles):
+                return text
+            ended = self.ended()
+            if ended or time.monotonic() > deadline:
+                raise AssertionError(f"waiting for {needles}; {ended or 'still running'}; the screen shows:\n{text}")
+            time.sleep(0.05)
+
+
+class Terminal(Screen):
     """Runs a program on a pty and keeps a pyte screen of what it drew."""
 
     def __init__(self, args: list[str], rows: int, cols: int, env: dict[str, str]) -> None:
@@ -330,15 +346,9 @@ class Terminal:
         with self.lock:
             return "\n".join(line.rstrip() for line in self.screen.display)
 
-    def wait(self, *needles: str, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.text()
-            if all(n in text for n in needles):
-                return text
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"waiting for {needles}; exit code {self.proc.poll()}; the screen shows:\n{text}")
-            time.sleep(0.05)
+    def ended(self) -> str | None:
+        code = self.proc.poll()
+        return None if code is None else f"exit code {code}"
 
     def keys(self, data: str) -> None:
         os.write(self.master, data.encode())
@@ -385,7 +395,7 @@ def local_hms(ts_ms: int) -> str:
         time.tzset()
 
 
-def first_request_shown(term: Terminal | Tmux, router) -> tuple[str, dict]:
+def first_request_shown(term: Screen, router) -> tuple[str, dict]:
     """Once the tui is live, one chat request through the router; the screen
     once its reply shows, and the request's record."""
     term.wait("● live", "Chat  model: gpt-chat")
@@ -507,7 +517,7 @@ def test_stats_show_each_providers_live_measurements():
 # --- end to end: the real program in a real tmux ---------------------------------------------
 
 
-class Tmux:
+class Tmux(Screen):
     """A private tmux server (its own socket, no user config) running one
     program in a detached 120×40 session; the screen is read with capture-pane."""
 
@@ -541,15 +551,10 @@ class Tmux:
     def pane(self, field: str) -> str:
         return self.run("display-message", "-p", "-t", "t", "#{" + field + "}").strip()
 
-    def wait(self, *needles: str, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.screen()
-            if all(n in text for n in needles):
-                return text
-            if self.pane("pane_dead") == "1" or time.monotonic() > deadline:
-                raise AssertionError(f"waiting for {needles}; pane dead: {self.pane('pane_dead')}; the screen shows:\n{text}")
-            time.sleep(0.05)
+    text = screen
+
+    def ended(self) -> str | None:
+        return "the pane is dead" if self.pane("pane_dead") == "1" else None
 
     def keys(self, *keys: str, literal: bool = False) -> None:
         self.run("send-keys", "-t", "t", *(["-l"] if literal else []), *keys)
