@@ -237,6 +237,8 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
         if not allowed:  # failing repeatedly: on to the next decision at once
             skipped.append(name)
             continue
+        if last_error is not None:  # said once the next provider is known (there may be none)
+            yield Log("warning", f"request {ex.request_id}: {last_error.message}; trying provider '{name}'")
         tried.add(name)
         rec.provider, rec.sent_model = name, decision.model
         yield Publish(events.routed(ex.id, ctx.clock_ms(), name, decision.model, len(tried)))
@@ -252,7 +254,6 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
             yield from _breaker_outcome(ctx, name, err.status)
             if ex.response_started or not err.retryable:
                 raise
-            yield Log("warning", f"request {ex.request_id}: {err.message}; trying the next provider")
             last_error = err
             continue
         finally:
