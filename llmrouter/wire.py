@@ -137,17 +137,11 @@ class Wire(asyncio.Protocol):
         return data
 
     async def _wait(self, timeout: float | None) -> None:
-        # A timer only for a wait that really happens, and a plain loop timer
-        # rather than a cancel scope: input that is already here costs none.
-        loop = asyncio.get_running_loop()
-        reader = self._reader = loop.create_future()
-        timer = None if timeout is None or timeout == math.inf else loop.call_later(max(timeout, 0.0), _time_out, reader)
+        self._reader = asyncio.get_running_loop().create_future()
         try:
-            await reader
+            await _until(self._reader, timeout)
         finally:
             self._reader = None
-            if timer is not None:
-                timer.cancel()
 
     async def write(self, data: bytes, timeout: float | None = None) -> None:
         """Hands `data` to the transport; waits while its send buffer is full
@@ -159,14 +153,8 @@ class Wire(asyncio.Protocol):
         if self.transport.is_closing():  # the send failed: asyncio closes the transport at once
             raise ConnectionResetError("the peer closed the connection")
         while self._writing_paused and not self.lost:
-            loop = asyncio.get_running_loop()
-            drainer = self._drainer = loop.create_future()
-            timer = None if timeout is None or timeout == math.inf else loop.call_later(max(timeout, 0.0), _time_out, drainer)
-            try:
-                await drainer
-            finally:
-                if timer is not None:
-                    timer.cancel()
+            self._drainer = asyncio.get_running_loop().create_future()
+            await _until(self._drainer, timeout)
         if self.lost:
             raise ConnectionResetError("the connection is closed")
 
@@ -235,6 +223,18 @@ def _next_body(lane: collections.deque[asyncio.Future[None]]) -> None:
 
 
 _LANES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, collections.deque[asyncio.Future[None]]] = weakref.WeakKeyDictionary()
+
+
+async def _until(waiter: asyncio.Future[None], timeout: float | None) -> None:
+    """Waits for `waiter`, at most `timeout` seconds (then TimeoutError). A
+    timer only for a wait that really happens, and a plain loop timer rather
+    than a cancel scope: input or buffer room that is already there costs none."""
+    timer = None if timeout is None or timeout == math.inf else asyncio.get_running_loop().call_later(max(timeout, 0.0), _time_out, waiter)
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def _time_out(waiter: asyncio.Future[None]) -> None:
