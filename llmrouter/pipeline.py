@@ -202,6 +202,9 @@ def _serve(ctx: Context, ex: Exchange, client: formats.ClientFormat) -> Pipeline
     rec.usage = resp.usage.to_json()
     rec.status = 200
     if req.stream:
+        # Only now, with the attempt, the breaker and the record done: a
+        # client that hangs up as the stream ends loses none of them.
+        yield EndResponse()
         return
     if ex.raw_reply is not None and not state.response_modified:
         body_bytes = ex.raw_reply
@@ -427,8 +430,7 @@ def _relay_stream(
     if not relay:
         req.timing = ((rec.first_byte_ms or 0) / 1000, ctx.monotonic() - started)
         yield SendBody(encoder.finish())
-    yield EndResponse()
-    state.response = collector.response()
+    state.response = collector.response()  # the stream ends in _serve, once its outcome is recorded
 
 
 def _stream_reply(ex: Exchange, client: formats.ClientFormat, req: canonical.Request, resp: canonical.Response) -> Pipeline:
@@ -438,7 +440,6 @@ def _stream_reply(ex: Exchange, client: formats.ClientFormat, req: canonical.Req
     ex.response_started = True
     out = [encoder.encode(e) for e in canonical.response_events(resp)]
     yield SendBody(b"".join(out) + encoder.finish())
-    yield EndResponse()
 
 
 def _stage(stage: str, active: list[plugins.ActivePlugin], state: plugins.PluginState, rec: events.Record) -> Generator[Command, Any, str]:

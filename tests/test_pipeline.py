@@ -308,3 +308,22 @@ def test_every_format_module_fulfils_its_protocol():
                 continue
             assert isinstance(module, formats.UpstreamFormat), module.__name__
             assert isinstance(module.Decoder(req), formats.UpstreamDecoder), module.__name__
+
+
+def test_a_stream_is_recorded_before_it_ends():
+    """The attempt's outcome is settled before the terminating chunk goes
+    out: a client that hangs up at that point (the driver then closes the
+    pipeline) still leaves an `ok` attempt with its time to first token."""
+    p = Playbook({**BODY, "stream": True})
+    p.routed("a")
+    p.expect(OpenUpstream, UpstreamHead(200, []))
+    p.expect(ReadUpstream, b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+    p.expect(StartResponse)
+    p.expect(SendBody)  # the head's first frame alone
+    p.expect(SendBody)  # then the rest of that read
+    p.expect(ReadUpstream, b"")
+    p.expect(EndResponse)
+    (attempt,) = p.ex.record.attempts
+    assert (attempt.outcome, attempt.status) == ("ok", 200) and attempt.first_token_ms is not None
+    assert p.ex.record.status == 200
+    p.finish()
