@@ -43,6 +43,7 @@ from typing import Any
 import anyio
 import h11
 import httpcore
+from h11._headers import Headers, normalize_and_validate
 
 from llmrouter import errors
 from llmrouter.config import Provider
@@ -54,6 +55,7 @@ KEEPALIVE_EXPIRY = 30.0  # idle upstream connections older than this are closed
 # so that a stream whose events all arrived at once does not hold the loop.
 FAIR_SLICE = 24
 Keepalive = tuple[float, Callable[[], Awaitable[None]]]
+_CACHED = 64  # URLs and header sets kept per pool (a header forwarded from clients can vary)
 
 
 # httpcore's exceptions, translated by `_translate`. Callers catch these in a
@@ -266,6 +268,38 @@ def _unshared(http11: httpcore.AsyncHTTP11Connection) -> httpcore.AsyncHTTP11Con
     return http11
 
 
+class _Body:
+    """A request body for httpcore: one chunk (httpcore's ByteStream is private)."""
+
+    __slots__ = ("content",)
+
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.content
+
+
+class _Request(httpcore.Request):
+    """httpcore's Request with its fields handed over ready-made by the pool.
+
+    httpcore's own __init__ checks every field's type on every request
+    (typing's Mapping and Sequence checks, two calls per header), and h11
+    then checks each header again with its regexes when httpcore turns the
+    request into an h11.Request: together about 130 Python calls of a small
+    request. Here the headers come already checked by h11 (h11's own Headers,
+    made by `_Pool.request`, which h11.Request takes as they are), and the
+    URL is the pool's. tests/test_upstream_httpcore.py checks that this
+    builds what httpcore's __init__ builds, so a new httpcore fails there."""
+
+    def __init__(self, method: bytes, url: httpcore.URL, headers: Headers, body: bytes, extensions: dict[str, Any]) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers  # type: ignore[assignment]  # a Sequence of byte pairs, as httpcore reads it
+        self.stream = _Body(body)
+        self.extensions = extensions
+
+
 class _Conn:
     __slots__ = ("http", "_socket", "_backend", "idle_since", "closed")
 
@@ -304,6 +338,13 @@ class _Pool:
         self.prefix = url.target.rstrip(b"/")
         host = b"[%b]" % url.host if b":" in url.host else url.host  # an IPv6 literal keeps its brackets
         self.host_header = host if url.port is None else b"%b:%d" % (host, url.port)
+        self.host_item = (b"host", b"host", self.host_header)  # an h11 Headers item: raw name, name, value
+        # Only "connect" is read (by AsyncHTTPConnection, for TCP and TLS);
+        # reads and writes are timed by first_byte_timeout (Upstreams.open),
+        # the driver's idle timer and read_all.
+        self.extensions = {"timeout": {"connect": provider.connect_timeout}}
+        self._urls: dict[str, httpcore.URL] = {}  # by path
+        self._checked: dict[tuple[tuple[str, str], ...], list[tuple[bytes, bytes, bytes]]] = {}  # h11's header items, by headers
         self.size = provider.max_connections
         self.connect_timeout = provider.connect_timeout
         self.ca_bundle = provider.ca_bundle
@@ -312,6 +353,26 @@ class _Pool:
         self.open = 0  # connections open now (idle or busy)
         self.opened = 0  # connections ever opened
         self._slots: anyio.Semaphore | None = None
+
+    def request(self, method: str, call: UpstreamCall) -> httpcore.Request:
+        """httpcore's Request for `call`, its URL and headers made once per
+        distinct path and header set (the header checks are h11's own).
+        Raises h11.LocalProtocolError for a header h11 refuses."""
+        url = self._urls.get(call.path)
+        if url is None:
+            if len(self._urls) >= _CACHED:
+                self._urls.clear()
+            url = self._urls[call.path] = httpcore.URL(scheme=self.origin.scheme, host=self.origin.host, port=self.port, target=self.prefix + call.path.encode("latin-1"))
+        key = tuple(call.headers)
+        items = self._checked.get(key)
+        if items is None:
+            if len(self._checked) >= _CACHED:
+                self._checked.clear()
+            raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in key]
+            items = self._checked[key] = normalize_and_validate(raw)._full_items
+        # Content-Length is the only header that changes from request to request: digits of ours.
+        headers = Headers([self.host_item, (b"content-length", b"content-length", b"%d" % len(call.body)), *items])
+        return _Request(b"POST" if method == "POST" else method.encode("ascii"), url, headers, call.body, self.extensions)
 
     async def acquire_slot(self, deadline: float | None = None) -> None:
         if self._slots is None:  # made lazily: it must belong to the running loop
@@ -590,19 +651,10 @@ class Upstreams:
         pool = self._pools.get(provider.name)
         if pool is None:  # a provider this router was not built with (tests)
             pool = self._pools[provider.name] = _Pool(provider)
-        headers = [(b"host", pool.host_header), (b"content-length", b"%d" % len(call.body))]
-        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in call.headers]
-        url = httpcore.URL(scheme=pool.origin.scheme, host=pool.origin.host, port=pool.port, target=pool.prefix + call.path.encode("latin-1"))
-        request = httpcore.Request(
-            method,
-            url,
-            headers=headers,
-            content=call.body,
-            # Only "connect" is read (by AsyncHTTPConnection, for TCP and TLS);
-            # reads and writes are timed by first_byte_timeout below, the
-            # driver's idle timer and read_all.
-            extensions={"timeout": {"connect": provider.connect_timeout}},
-        )
+        try:
+            request = pool.request(method, call)
+        except h11.LocalProtocolError as exc:  # as httpcore would have raised it
+            raise _translate(provider, httpcore.LocalProtocolError(str(exc))) from exc
         try:
             if pool.tls:
                 # The TLS connect happens inside httpcore, on a socket made

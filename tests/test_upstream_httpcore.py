@@ -1,0 +1,81 @@
+"""What llmrouter/upstream.py assumes about httpcore's and h11's insides.
+
+upstream.py hands httpcore a Request it filled in itself (`_Request`, with
+h11's own `Headers`, checked once per distinct header set), reads the body
+from httpcore's h11 connection and replaces that connection's state lock.
+Each assumption has a quiet fallback or none; these tests fail loudly when
+a new httpcore or h11 changes what they rely on (pyproject pins the ranges).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import h11
+import httpcore
+import pytest
+
+from llmrouter import errors
+from llmrouter.config import Provider
+from llmrouter.formats import UpstreamCall
+from llmrouter.upstream import Upstreams, _h11_of, _Pool, _Unshared, _unshared
+
+pytestmark = pytest.mark.anyio
+
+CALL = UpstreamCall("/chat/completions", [("content-type", "application/json"), ("Authorization", "Bearer k")], b'{"model":"m"}')
+PROVIDER = Provider(name="p", format="openai", base_url="http://127.0.0.1:8/v1")  # type: ignore[arg-type]
+
+
+def httpcores_own() -> httpcore.Request:
+    """The request as httpcore's own __init__ builds it from what the pool used to pass."""
+    pool = _Pool(PROVIDER)
+    headers = [(b"host", pool.host_header), (b"content-length", b"%d" % len(CALL.body))]
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in CALL.headers]
+    url = httpcore.URL(scheme=b"http", host=b"127.0.0.1", port=8, target=b"/v1" + CALL.path.encode())
+    return httpcore.Request("POST", url, headers=headers, content=CALL.body, extensions={"timeout": {"connect": PROVIDER.connect_timeout}})
+
+
+async def body_of(request: httpcore.Request) -> bytes:
+    return b"".join([chunk async for chunk in request.stream])  # type: ignore[union-attr]
+
+
+async def test_the_pools_request_is_what_httpcore_builds() -> None:
+    ours, theirs = _Pool(PROVIDER).request("POST", CALL), httpcores_own()
+    # The same attributes (a new one in httpcore's __init__ fails here) with the same values.
+    assert sorted(vars(ours)) == sorted(vars(theirs))
+    assert (ours.method, ours.url, ours.extensions) == (theirs.method, theirs.url, theirs.extensions)
+    assert [(k.lower(), v) for k, v in theirs.headers] == list(ours.headers)
+    assert await body_of(ours) == await body_of(theirs)
+    assert isinstance(ours, httpcore.Request)
+
+
+def test_h11_takes_the_pools_headers_as_they_are_and_checks_them_alike() -> None:
+    ours, theirs = _Pool(PROVIDER).request("POST", CALL), httpcores_own()
+    # httpcore turns a request into an h11.Request this way (_send_request_headers).
+    event = h11.Request(method=ours.method, target=ours.url.target, headers=ours.headers)  # type: ignore[arg-type]
+    assert event.headers is ours.headers  # not checked again
+    checked = h11.Request(method=theirs.method, target=theirs.url.target, headers=theirs.headers)
+    assert event.headers._full_items == checked.headers._full_items  # h11's layout: (raw name, name, value)
+    conn = h11.Connection(h11.CLIENT)
+    assert conn.send(event) == h11.Connection(h11.CLIENT).send(checked)
+
+
+async def test_a_header_h11_refuses_is_an_upstream_protocol_error() -> None:
+    with socket.socket() as s:  # refused before any connection: nothing listens here
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    prov = Provider(name="p", format="openai", base_url=f"http://127.0.0.1:{port}/v1")  # type: ignore[arg-type]
+    upstreams = Upstreams((prov,))
+    with pytest.raises(errors.UpstreamProtocolError, match="Illegal header value"):
+        await upstreams.open(prov, UpstreamCall("/x", [("x-bad", " leading space")], b""))
+    assert upstreams.pool_stats("p")["opened"] == 0
+    await upstreams.aclose()
+
+
+def test_httpcores_http11_connection_has_the_parts_the_pool_replaces_and_reads() -> None:
+    class Stream(httpcore.AsyncNetworkStream):
+        pass
+
+    conn = httpcore.AsyncHTTP11Connection(httpcore.Origin(b"http", b"127.0.0.1", 8), Stream())
+    assert isinstance(_h11_of(conn), h11.Connection)  # read_events reads the body from it
+    assert isinstance(_unshared(conn)._state_lock, _Unshared)  # type: ignore[attr-defined]
