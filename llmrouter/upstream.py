@@ -195,12 +195,13 @@ class _Socket(httpcore.AsyncNetworkStream):
         wire = self.wire
         if wire.at_eof or wire.buffered or wire.transport.is_closing():
             return True
-        sock = wire.extra("socket")
-        if sock is None or sock.fileno() < 0:
-            return True
         if self._poll is None:  # one poll object per socket, not one per check
+            sock = wire.extra("socket")
+            if sock is None or sock.fileno() < 0:
+                return True
             self._poll = select.poll()
             self._poll.register(sock.fileno(), select.POLLIN)
+        # A socket closed since would have closed its transport (checked above).
         return bool(self._poll.poll(0))
 
 
@@ -221,14 +222,14 @@ async def _connect(host: str, port: int, timeout: float | None, deadline: float 
 
 
 class _TLSBackend(httpcore.AsyncNetworkBackend):
-    """Gives one AsyncHTTPConnection its socket and remembers it."""
+    """Gives one AsyncHTTPConnection its socket and hands it to the pool's `_Conn`."""
 
-    def __init__(self) -> None:
-        self.socket: _Socket | None = None
+    def __init__(self, conn: _Conn) -> None:
+        self.conn = conn
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None, socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        self.socket = await _connect(host, port, timeout)
-        return self.socket
+        socket = self.conn.socket = await _connect(host, port, timeout)
+        return socket
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
@@ -261,11 +262,13 @@ class _Unshared:
         return None
 
 
-def _unshared(http11: httpcore.AsyncHTTP11Connection) -> httpcore.AsyncHTTP11Connection:
-    # A private attribute: if a future httpcore renames it, this does nothing.
-    if type(getattr(http11, "_state_lock", None)).__name__ == "AsyncLock":
-        http11._state_lock = _Unshared()  # type: ignore[attr-defined]
-    return http11
+def _unshared(http11: httpcore.AsyncHTTP11Connection) -> bool:
+    """Replaces the connection's state lock; False if a future httpcore
+    renamed that private attribute (then this does nothing)."""
+    if type(getattr(http11, "_state_lock", None)).__name__ != "AsyncLock":
+        return False
+    http11._state_lock = _Unshared()  # type: ignore[attr-defined]
+    return True
 
 
 class _Body:
@@ -301,18 +304,18 @@ class _Request(httpcore.Request):
 
 
 class _Conn:
-    __slots__ = ("http", "_socket", "_backend", "idle_since", "closed")
+    """One pooled connection: httpcore's, and our socket under it (a TLS
+    connection's once its first request connected it)."""
 
-    def __init__(self, http: Any, socket: _Socket | None = None, backend: _TLSBackend | None = None) -> None:
-        self.http = http
-        self._socket = socket
-        self._backend = backend
+    __slots__ = ("http", "socket", "h11", "unshared", "idle_since", "closed")
+
+    def __init__(self, socket: _Socket | None = None) -> None:
+        self.http: Any = None
+        self.socket = socket
+        self.h11: h11.Connection | None = None  # httpcore's, found at the first response (_h11_of)
+        self.unshared = False  # httpcore's state lock replaced (_unshared)
         self.idle_since = 0.0
         self.closed = False
-
-    @property
-    def socket(self) -> _Socket | None:
-        return self._socket or (self._backend.socket if self._backend else None)
 
     @property
     def sent(self) -> int:
@@ -394,45 +397,33 @@ class _Pool:
 
     async def send(self, request: httpcore.Request, deadline: float | None) -> tuple[_Conn, httpcore.Response]:
         """Takes a slot and a connection and sends the request; the head must
-        come by `deadline` (time.monotonic(); None: the caller's scope times it)."""
+        come by `deadline` (time.monotonic(); None: the caller's scope times it).
+        One coroutine from here to httpcore's: each level is resumed as the head arrives."""
         await self.acquire_slot(deadline)
         try:
-            return await self._send(request, deadline)
+            conn, reused = await self._take(deadline)
+            while True:
+                socket, sent_before = conn.socket, conn.sent
+                if socket is not None:
+                    socket.deadline = deadline  # the socket's timer, not a cancel scope
+                try:
+                    return conn, await conn.http.handle_async_request(request)
+                except (httpcore.NetworkError, httpcore.RemoteProtocolError):
+                    await self.discard(conn)
+                    if not reused or conn.sent != sent_before:
+                        raise
+                except BaseException:
+                    await self.discard(conn)
+                    raise
+                finally:
+                    if socket is not None:
+                        socket.deadline = None
+                # The pooled connection was dead before any byte of the request reached
+                # it, so the upstream cannot have seen the request: try a fresh one, once.
+                conn, reused = await self._new(deadline), False
         except BaseException:
             self.release_slot()
             raise
-
-    async def _send(self, request: httpcore.Request, deadline: float | None) -> tuple[_Conn, httpcore.Response]:
-        conn, reused = await self._take(deadline)
-        sent_before = conn.sent
-        try:
-            return conn, await self._exchange(conn, request, deadline)
-        except (httpcore.NetworkError, httpcore.RemoteProtocolError):
-            await self.discard(conn)
-            if not reused or conn.sent != sent_before:
-                raise
-        except BaseException:
-            await self.discard(conn)
-            raise
-        # The pooled connection was dead before any byte of the request reached
-        # it, so the upstream cannot have seen the request: try a fresh one, once.
-        conn = await self._new(deadline)
-        try:
-            return conn, await self._exchange(conn, request, deadline)
-        except BaseException:
-            await self.discard(conn)
-            raise
-
-    @staticmethod
-    async def _exchange(conn: _Conn, request: httpcore.Request, deadline: float | None) -> httpcore.Response:
-        socket = conn.socket
-        if socket is not None:
-            socket.deadline = deadline  # the socket's timer, not a cancel scope
-        try:
-            return await conn.http.handle_async_request(request)
-        finally:
-            if socket is not None:
-                socket.deadline = None
 
     async def _take(self, deadline: float | None) -> tuple[_Conn, bool]:
         while self.idle:
@@ -451,16 +442,15 @@ class _Pool:
                         self._ssl_context = tls_context(self.ca_bundle)
                     except OSError as exc:  # ca_bundle removed or broken since startup (ssl.SSLError is an OSError)
                         raise httpcore.ConnectError(f"cannot load ca_bundle {self.ca_bundle}: {exc}") from exc
-                backend = _TLSBackend()
-                http = httpcore.AsyncHTTPConnection(
+                conn = _Conn()
+                conn.http = httpcore.AsyncHTTPConnection(  # connects (and handshakes) on its first request
                     self.origin, ssl_context=self._ssl_context, keepalive_expiry=KEEPALIVE_EXPIRY,
-                    http1=True, http2=False, retries=0, network_backend=backend,
+                    http1=True, http2=False, retries=0, network_backend=_TLSBackend(conn),
                 )
-                conn = _Conn(http, backend=backend)  # connects (and handshakes) on its first request
             else:
-                socket = await _connect(self.host, self.port, self.connect_timeout, deadline)
-                http11 = httpcore.AsyncHTTP11Connection(self.origin, socket, keepalive_expiry=KEEPALIVE_EXPIRY)
-                conn = _Conn(_unshared(http11), socket=socket)
+                conn = _Conn(await _connect(self.host, self.port, self.connect_timeout, deadline))
+                conn.http = httpcore.AsyncHTTP11Connection(self.origin, conn.socket, keepalive_expiry=KEEPALIVE_EXPIRY)
+                conn.unshared = _unshared(conn.http)
         except BaseException:
             self.open -= 1
             raise
@@ -520,7 +510,9 @@ class UpstreamStream:
         self.status = response.status
         self.headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers]
         self._response = response
-        self._h11 = _h11_of(conn.http)
+        if conn.h11 is None:
+            conn.h11 = _h11_of(conn.http)
+        self._h11 = conn.h11
         self._chunks: AsyncIterator[bytes] | None = None  # httpcore's iterator, when there is no h11 to read
         self._pool: _Pool | None = pool
         self._conn = conn
@@ -592,8 +584,8 @@ class UpstreamStream:
             socket.read_timeout = self.provider.idle_timeout if math.isfinite(self.provider.idle_timeout) else None
         try:
             body = bytearray()
-            while chunk := await self.read(deadline=deadline):
-                body += chunk
+            while not self.done:  # a body that came with the head: one read
+                body += await self.read(deadline=deadline)
                 if len(body) > limit:
                     raise errors.UpstreamProtocolError(f"provider '{self.provider.name}': response larger than {limit} bytes")
             return bytes(body)
@@ -605,7 +597,7 @@ class UpstreamStream:
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        if isinstance(getattr(self._conn.http, "_state_lock", None), _Unshared):
+        if self._conn.unshared:
             # Nothing in here waits on such a connection (no lock, and closing
             # a wire does not wait), so cancellation, which strikes only at a
             # wait, cannot interrupt it: no shield needed.
@@ -618,8 +610,13 @@ class UpstreamStream:
 
     async def _settle(self, pool: _Pool) -> None:
         try:
-            with contextlib.suppress(Exception):
-                await self._response.aclose()  # httpcore closes the socket unless the exchange completed
+            try:
+                # httpcore closes the socket unless the exchange completed. Its
+                # stream's aclose, not Response.aclose: that one only adds a
+                # typing check (tests/test_upstream_httpcore.py).
+                await self._response.stream.aclose()  # type: ignore[union-attr]
+            except Exception:
+                pass
             await pool.put_back(self._conn)
         finally:
             pool.release_slot()

@@ -9,16 +9,20 @@ a new httpcore or h11 changes what they rely on (pyproject pins the ranges).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
+import anyio
+import anyio.abc
 import h11
 import httpcore
 import pytest
+from anyio.abc import SocketAttribute
 
 from llmrouter import errors
 from llmrouter.config import Provider
 from llmrouter.formats import UpstreamCall
-from llmrouter.upstream import Upstreams, _h11_of, _Pool, _Unshared, _unshared
+from llmrouter.upstream import Upstreams, _h11_of, _Pool, _Unshared
 
 pytestmark = pytest.mark.anyio
 
@@ -72,10 +76,29 @@ async def test_a_header_h11_refuses_is_an_upstream_protocol_error() -> None:
     await upstreams.aclose()
 
 
-def test_httpcores_http11_connection_has_the_parts_the_pool_replaces_and_reads() -> None:
-    class Stream(httpcore.AsyncNetworkStream):
-        pass
+async def test_httpcores_http11_connection_has_the_parts_the_pool_replaces_and_reads() -> None:
+    """A real exchange on httpcore's connection, set up as the pool sets it up."""
+    reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
-    conn = httpcore.AsyncHTTP11Connection(httpcore.Origin(b"http", b"127.0.0.1", 8), Stream())
-    assert isinstance(_h11_of(conn), h11.Connection)  # read_events reads the body from it
-    assert isinstance(_unshared(conn)._state_lock, _Unshared)  # type: ignore[attr-defined]
+    async def answer(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await stream.receive()
+            await stream.send(reply)
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                await stream.receive()
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, answer)
+        port = listener.extra(SocketAttribute.local_port)
+        pool = _Pool(Provider(name="p", format="openai", base_url=f"http://127.0.0.1:{port}/v1"))  # type: ignore[arg-type]
+        conn, response = await pool.send(pool.request("POST", CALL), None)
+        assert conn.unshared and isinstance(conn.http._state_lock, _Unshared)  # the pool replaced httpcore's lock
+        h11_conn = _h11_of(conn.http)
+        assert isinstance(h11_conn, h11.Connection)  # UpstreamStream reads the body from it
+        assert h11_conn.next_event() == h11.Data(data=b"ok")
+        assert type(h11_conn.next_event()) is h11.EndOfMessage
+        # UpstreamStream._settle closes the response through its stream's aclose.
+        await response.stream.aclose()  # type: ignore[union-attr]
+        assert conn.http.is_idle()
+        await pool.discard(conn)
+        tg.cancel_scope.cancel()
