@@ -3,6 +3,7 @@ the fake upstream and the load generator in subprocesses on the other core.
 
     python3 bench/hotpath.py                     # counts for every scenario
     python3 bench/hotpath.py --scenarios stream --details [--top 30]
+    python3 bench/hotpath.py --relay             # and the same for the minimal relay
 
 Scenarios: `small` (non-streaming chat completions), `stream` (50-event
 streams, same format both sides, that the upstream writes whole in one
@@ -16,7 +17,11 @@ event-loop iterations per request (each iteration is an epoll_wait; each
 `await` that really suspends costs one), and for streams the calls per
 forwarded event after the request's own share: (stream − small) / 50.
 CPU time per request is printed too, but it moves with the machine's load.
---details adds the cProfile tables.
+--details adds the cProfile tables. --relay measures the minimal wire relay
+of bench/bare_server.py (h11 in, httpcore's connection out, on the router's
+wires; no routing, pool, timeouts or logging) the same way, in this process
+after the router, for `small`, `stream` and `paced`: the floor under the
+router's counts, from the same run.
 For a sampling view of a running router use py-spy instead:
 `py-spy record -p <router pid> -d 10 -o profile.svg`.
 """
@@ -42,6 +47,7 @@ sys.path.insert(0, _src)
 sys.path.insert(0, str(HERE))
 
 import anyio  # noqa: E402
+import anyio.abc  # noqa: E402
 
 from run import SCENARIOS, free_port, pinned, start_fake  # noqa: E402
 
@@ -56,6 +62,22 @@ def group(file: str) -> str:
     if file == "~":
         return "builtins (C)"
     return "stdlib " + file.rsplit("/", 1)[-1]
+
+
+async def serve_relay(fake_port: int, *, task_status: anyio.abc.TaskStatus[int]) -> None:
+    """bench/bare_server.py's wire relay, in this process, until cancelled."""
+    import bare_server
+
+    from llmrouter.wire import Wire
+
+    bare_server.RELAY_PORT = fake_port
+    async with anyio.create_task_group() as tg:
+        server = await asyncio.get_running_loop().create_server(lambda: Wire(lambda w: tg.start_soon(bare_server.handle_wire, w)), "127.0.0.1", 0)
+        try:
+            task_status.started(server.sockets[0].getsockname()[1])
+            await anyio.sleep_forever()
+        finally:
+            server.close()
 
 
 async def profile(args: argparse.Namespace) -> None:
@@ -85,7 +107,7 @@ async def profile(args: argparse.Namespace) -> None:
 
     selector.select = counting_select
 
-    def load(scenario: str, n: int) -> list[str]:
+    def load(port: int, scenario: str, n: int) -> list[str]:
         s = SCENARIOS["fast" if scenario in ("small", "stream") else scenario]
         stream = scenario != "small"
         code = (
@@ -99,40 +121,49 @@ async def profile(args: argparse.Namespace) -> None:
         ) % (str(HERE), port, stream, s.path, s.model, s.client, port, args.concurrency, stream, n)
         return pinned(1, [sys.executable, "-c", code])
 
-    results: dict[str, tuple[int, int, float, float, pstats.Stats]] = {}
+    async def measure(target: str, port: int, scenarios: list[str]) -> None:
+        nonlocal iterations
+        for scenario in scenarios:
+            n = args.requests if scenario == "small" else args.streams
+            await anyio.run_process(load(port, scenario, max(n // 10, 20)))  # warm up
+            prof = cProfile.Profile()
+            iterations = 0
+            cpu = time.process_time()
+            proc = await anyio.open_process(load(port, scenario, n))
+            prof.enable()
+            await proc.wait()
+            prof.disable()
+            cpu = time.process_time() - cpu
+            out = (await proc.stdout.receive()).decode().split() if proc.stdout else ["0", "0"]
+            results[target, scenario] = (int(out[0]), int(out[1]), iterations, cpu, pstats.Stats(prof))
+            if args.dump:
+                prof.dump_stats(f"{args.dump}.{scenario}" if target == "router" else f"{args.dump}.{target}.{scenario}")
+
+    results: dict[tuple[str, str], tuple[int, int, float, float, pstats.Stats]] = {}
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(app.run)
-            for scenario in args.scenarios:
-                n = args.requests if scenario == "small" else args.streams
-                await anyio.run_process(load(scenario, max(n // 10, 20)))  # warm up
-                prof = cProfile.Profile()
-                iterations = 0
-                cpu = time.process_time()
-                proc = await anyio.open_process(load(scenario, n))
-                prof.enable()
-                await proc.wait()
-                prof.disable()
-                cpu = time.process_time() - cpu
-                out = (await proc.stdout.receive()).decode().split() if proc.stdout else ["0", "0"]
-                results[scenario] = (int(out[0]), int(out[1]), iterations, cpu, pstats.Stats(prof))
-                if args.dump:
-                    prof.dump_stats(f"{args.dump}.{scenario}")
+            await measure("router", port, args.scenarios)
             app.shutdown()
+            if args.relay:
+                async with anyio.create_task_group() as relay:
+                    await measure("relay", await relay.start(serve_relay, fake_port), [s for s in args.scenarios if s != "cross"])
+                    relay.cancel_scope.cancel()
     finally:
         fake.terminate()
         fake.wait()
 
-    calls: dict[str, float] = {}
-    for scenario, (done, failed, loops, cpu, stats) in results.items():
+    calls: dict[tuple[str, str], float] = {}
+    for (target, scenario), (done, failed, loops, cpu, stats) in results.items():
         n = max(done, 1)
-        calls[scenario] = sum(nc for (_, _, _), (_, nc, _, _, _) in stats.stats.items()) / n  # type: ignore[attr-defined]
-        print(f"{scenario}: {done} {KINDS[scenario]} at concurrency {args.concurrency}, {failed} failed")
-        print(f"  Python function calls per request: {calls[scenario]:,.0f}")
-        if scenario != "small" and "small" in calls:
-            print(f"  ... per forwarded event, after the request's own share: {(calls[scenario] - calls['small']) / CHUNKS:,.0f}")
+        calls[target, scenario] = sum(nc for (_, _, _), (_, nc, _, _, _) in stats.stats.items()) / n  # type: ignore[attr-defined]
+        label = scenario if target == "router" else f"{scenario}, minimal wire relay"
+        print(f"{label}: {done} {KINDS[scenario]} at concurrency {args.concurrency}, {failed} failed")
+        print(f"  Python function calls per request: {calls[target, scenario]:,.0f}")
+        if scenario != "small" and (target, "small") in calls:
+            print(f"  ... per forwarded event, after the request's own share: {(calls[target, scenario] - calls[target, 'small']) / CHUNKS:,.0f}")
         print(f"  event-loop iterations per request: {loops / n:.1f}")
-        print(f"  router CPU per request:            {cpu / n * 1e6:,.0f} µs (varies with machine load)")
+        print(f"  {target + ' CPU per request:':<35}{cpu / n * 1e6:,.0f} µs (varies with machine load)")
         if args.details:
             details(stats, n, args)
 
@@ -169,7 +200,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--sort", default="tottime")
     ap.add_argument("--src", help="directory holding the llmrouter package to profile (default: this checkout)")
-    ap.add_argument("--dump", help="also write the raw cProfile stats to this file (.<scenario> appended)")
+    ap.add_argument("--dump", help="also write the raw cProfile stats to this file (.<scenario> appended; .relay.<scenario> for the relay)")
+    ap.add_argument("--relay", action="store_true", help="also measure the minimal wire relay (bench/bare_server.py), the floor under the router")
     args = ap.parse_args()
     if (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {0})  # the router's core, as in bench/run.py
