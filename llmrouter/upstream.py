@@ -250,10 +250,12 @@ def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
 
 
 class _Unshared:
-    """Stands in for an AsyncHTTP11Connection's internal state lock. That lock
-    guards a connection against concurrent requests, which this pool already
-    rules out (a connection belongs to one request from _take to put_back),
-    and each acquisition is a trip through the event loop: two per request."""
+    """Stands in for httpcore's per-connection locks: an AsyncHTTP11Connection's
+    state lock and an AsyncHTTPConnection's request lock. They guard a
+    connection against concurrent requests, which this pool already rules out
+    (a connection belongs to one request from _take to put_back), and each
+    acquisition is a trip through the event loop: two per request on a plain
+    connection, three on a TLS one."""
 
     async def __aenter__(self) -> "_Unshared":
         return self
@@ -262,12 +264,12 @@ class _Unshared:
         return None
 
 
-def _unshared(http11: httpcore.AsyncHTTP11Connection) -> bool:
-    """Replaces the connection's state lock; False if a future httpcore
-    renamed that private attribute (then this does nothing)."""
-    if type(getattr(http11, "_state_lock", None)).__name__ != "AsyncLock":
+def _unshared(http: Any, lock: str) -> bool:
+    """Replaces the lock in `http`'s private attribute `lock`; False if a
+    future httpcore renamed it (then this does nothing)."""
+    if type(getattr(http, lock, None)).__name__ != "AsyncLock":
         return False
-    http11._state_lock = _Unshared()  # type: ignore[attr-defined]
+    setattr(http, lock, _Unshared())
     return True
 
 
@@ -312,10 +314,18 @@ class _Conn:
     def __init__(self, socket: _Socket | None = None) -> None:
         self.http: Any = None
         self.socket = socket
-        self.h11: h11.Connection | None = None  # httpcore's, found at the first response (_h11_of)
-        self.unshared = False  # httpcore's state lock replaced (_unshared)
+        self.h11: h11.Connection | None = None  # httpcore's, found at the first response
+        self.unshared = False  # the HTTP/1.1 connection's state lock replaced (_unshared)
         self.idle_since = 0.0
         self.closed = False
+
+    def first_response(self) -> None:
+        """Once the first response came, the HTTP/1.1 connection exists (a TLS
+        connection's is made by its first request): the h11 connection that
+        UpstreamStream reads, and the state lock to replace."""
+        self.h11 = _h11_of(self.http)
+        if not self.unshared:
+            self.unshared = _unshared(getattr(self.http, "_connection", None), "_state_lock")
 
     @property
     def sent(self) -> int:
@@ -447,10 +457,11 @@ class _Pool:
                     self.origin, ssl_context=self._ssl_context, keepalive_expiry=KEEPALIVE_EXPIRY,
                     http1=True, http2=False, retries=0, network_backend=_TLSBackend(conn),
                 )
+                _unshared(conn.http, "_request_lock")
             else:
                 conn = _Conn(await _connect(self.host, self.port, self.connect_timeout, deadline))
                 conn.http = httpcore.AsyncHTTP11Connection(self.origin, conn.socket, keepalive_expiry=KEEPALIVE_EXPIRY)
-                conn.unshared = _unshared(conn.http)
+                conn.unshared = _unshared(conn.http, "_state_lock")
         except BaseException:
             self.open -= 1
             raise
@@ -511,7 +522,7 @@ class UpstreamStream:
         self.headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers]
         self._response = response
         if conn.h11 is None:
-            conn.h11 = _h11_of(conn.http)
+            conn.first_response()
         self._h11 = conn.h11
         self._chunks: AsyncIterator[bytes] | None = None  # httpcore's iterator, when there is no h11 to read
         self._pool: _Pool | None = pool

@@ -76,8 +76,11 @@ async def test_a_header_h11_refuses_is_an_upstream_protocol_error() -> None:
     await upstreams.aclose()
 
 
-async def test_httpcores_http11_connection_has_the_parts_the_pool_replaces_and_reads() -> None:
-    """A real exchange on httpcore's connection, set up as the pool sets it up."""
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https-branch"])
+async def test_httpcores_connections_have_the_parts_the_pool_replaces_and_reads(tls: bool) -> None:
+    """A real exchange on httpcore's connection, set up as the pool sets it
+    up: an AsyncHTTP11Connection over our socket, or (the pool's https
+    branch, here on plain http) an AsyncHTTPConnection that makes one."""
     reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
     async def answer(stream: anyio.abc.SocketStream) -> None:
@@ -91,10 +94,19 @@ async def test_httpcores_http11_connection_has_the_parts_the_pool_replaces_and_r
         tg.start_soon(listener.serve, answer)
         port = listener.extra(SocketAttribute.local_port)
         pool = _Pool(Provider(name="p", format="openai", base_url=f"http://127.0.0.1:{port}/v1"))  # type: ignore[arg-type]
+        pool.tls = tls
         conn, response = await pool.send(pool.request("POST", CALL), None)
-        assert conn.unshared and isinstance(conn.http._state_lock, _Unshared)  # the pool replaced httpcore's lock
+        http11 = conn.http
+        if tls:
+            assert isinstance(conn.http, httpcore.AsyncHTTPConnection)
+            assert isinstance(conn.http._request_lock, _Unshared)  # replaced when the pool made it
+            assert conn.socket is not None and conn.socket.sent > 0  # _TLSBackend handed over its socket
+            conn.first_response()  # as UpstreamStream does
+            http11 = conn.http._connection
+        assert isinstance(http11, httpcore.AsyncHTTP11Connection)
+        assert conn.unshared and isinstance(http11._state_lock, _Unshared)  # the pool replaced httpcore's lock
         h11_conn = _h11_of(conn.http)
-        assert isinstance(h11_conn, h11.Connection)  # UpstreamStream reads the body from it
+        assert h11_conn is http11._h11_state and isinstance(h11_conn, h11.Connection)  # UpstreamStream reads the body from it
         assert h11_conn.next_event() == h11.Data(data=b"ok")
         assert type(h11_conn.next_event()) is h11.EndOfMessage
         # UpstreamStream._settle closes the response through its stream's aclose.
