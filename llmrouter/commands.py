@@ -8,6 +8,7 @@ UpstreamError into the generator at that `yield`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ class OpenUpstream:
 @dataclass(frozen=True)
 class UpstreamHead:
     status: int
-    headers: list[tuple[str, str]]
+    headers: Sequence[tuple[str, str]]  # lower-case names
     error_body: bytes = b""  # the (bounded) body of a non-2xx reply, already read
 
 

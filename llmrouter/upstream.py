@@ -37,7 +37,7 @@ import math
 import select
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -504,6 +504,38 @@ def _h11_of(http: Any) -> h11.Connection | None:
     return state if isinstance(state, h11.Connection) else None
 
 
+class _Headers(Sequence[tuple[str, str]]):
+    """A response's headers as (lower-case name, value) strings, decoded when
+    first read: every reply's head is handed on, but only an error's is read
+    (for Retry-After), and an upstream sends ten to twenty headers."""
+
+    __slots__ = ("_raw", "_decoded")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._decoded: list[tuple[str, str]] | None = None
+
+    def _items(self) -> list[tuple[str, str]]:
+        if self._decoded is None:
+            self._decoded = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in self._raw]
+        return self._decoded
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def,override]
+        return self._items()[index]
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return repr(self._items())
+
+
 class UpstreamStream:
     """An open upstream response: its head, then body chunks as they arrive.
     `aclose()` must be called (the driver does it in a finally): it hands the
@@ -519,7 +551,7 @@ class UpstreamStream:
     def __init__(self, provider: Provider, response: httpcore.Response, pool: _Pool, conn: _Conn) -> None:
         self.provider = provider
         self.status = response.status
-        self.headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers]
+        self.headers = _Headers(response.headers)
         self._response = response
         if conn.h11 is None:
             conn.first_response()
