@@ -15,7 +15,11 @@ only keeps idle connections in a stack and counts in-flight requests against
 wire (`wire.py`) in a wrapper of ours (`_Socket`); HTTPS upstreams get an
 `AsyncHTTPConnection`, which does the TLS handshake over the same wrapper
 with one context per provider (`tls_context`: the trust of httpcore's default
-context plus the provider's `ca_bundle`).
+context plus the provider's `ca_bundle`). The pool also builds httpcore's
+Request itself (`_Request`: headers checked by h11 once per distinct set),
+replaces httpcore's per-connection locks (`_Unshared`) and reads the body
+from httpcore's h11 connection; tests/test_upstream_httpcore.py fails if a
+new httpcore or h11 changes what that relies on.
 
 Pool rules:
 - an idle connection is reused only if httpcore says it is idle and not
