@@ -17,7 +17,10 @@ event-loop iterations per request (each iteration is an epoll_wait; each
 `await` that really suspends costs one), and for streams the calls per
 forwarded event after the request's own share: (stream − small) / 50.
 CPU time per request is printed too, but it moves with the machine's load.
---details adds the cProfile tables. --relay measures the minimal wire relay
+--details adds the cProfile tables. --owners adds a second pass that
+counts each call for its owner: the package of the nearest frame outside
+the generic helpers (typing, contextlib, abc, functools), so that httpcore's
+typing checks count as httpcore's; a C call counts for its caller. --relay measures the minimal wire relay
 of bench/bare_server.py (h11 in, httpcore's connection out, on the router's
 wires; no routing, pool, timeouts or logging) the same way, in this process
 after the router, for `small`, `stream` and `paced`: the floor under the
@@ -138,8 +141,17 @@ async def profile(args: argparse.Namespace) -> None:
             results[target, scenario] = (int(out[0]), int(out[1]), iterations, cpu, pstats.Stats(prof))
             if args.dump:
                 prof.dump_stats(f"{args.dump}.{scenario}" if target == "router" else f"{args.dump}.{target}.{scenario}")
+            if args.owners:
+                counter = Owners()
+                proc = await anyio.open_process(load(port, scenario, n))
+                counter.enable()
+                await proc.wait()
+                counter.disable()
+                done = int((await proc.stdout.receive()).decode().split()[0]) if proc.stdout else 0
+                owners[target, scenario] = {name: c / max(done, 1) for name, c in counter.counts.items()}
 
     results: dict[tuple[str, str], tuple[int, int, float, float, pstats.Stats]] = {}
+    owners: dict[tuple[str, str], dict[str, float]] = {}
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(app.run)
@@ -164,8 +176,36 @@ async def profile(args: argparse.Namespace) -> None:
             print(f"  ... per forwarded event, after the request's own share: {(calls[target, scenario] - calls[target, 'small']) / CHUNKS:,.0f}")
         print(f"  event-loop iterations per request: {loops / n:.1f}")
         print(f"  {target + ' CPU per request:':<35}{cpu / n * 1e6:,.0f} µs (varies with machine load)")
+        if (target, scenario) in owners:
+            print("  calls per request by owner (--owners; a separate pass):")
+            for name, c in sorted(owners[target, scenario].items(), key=lambda item: -item[1])[: args.top]:
+                print(f"    {c:8.1f}  {name}")
         if args.details:
             details(stats, n, args)
+
+
+HELPERS = ("typing.py", "contextlib.py", "<frozen abc>", "<frozen _collections_abc>", "functools.py")
+
+
+class Owners:
+    """Counts calls per owner (see the module's doc) with a sys.setprofile
+    hook: the same events cProfile counts, several times slower."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def hook(self, frame, event, arg) -> None:  # type: ignore[no-untyped-def]
+        if event != "call" and event != "c_call":
+            return
+        while frame is not None and frame.f_code.co_filename.endswith(HELPERS):
+            frame = frame.f_back
+        self.counts[group(frame.f_code.co_filename) if frame is not None else "?"] += 1
+
+    def enable(self) -> None:
+        sys.setprofile(self.hook)
+
+    def disable(self) -> None:
+        sys.setprofile(None)
 
 
 KINDS = {
@@ -201,6 +241,7 @@ def main() -> None:
     ap.add_argument("--sort", default="tottime")
     ap.add_argument("--src", help="directory holding the llmrouter package to profile (default: this checkout)")
     ap.add_argument("--dump", help="also write the raw cProfile stats to this file (.<scenario> appended; .relay.<scenario> for the relay)")
+    ap.add_argument("--owners", action="store_true", help="also count each call for its owner, helpers counted for their caller (a second, slower pass)")
     ap.add_argument("--relay", action="store_true", help="also measure the minimal wire relay (bench/bare_server.py), the floor under the router")
     args = ap.parse_args()
     if (os.cpu_count() or 1) > 1:
