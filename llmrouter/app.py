@@ -201,6 +201,7 @@ class App:
             body=request.body,
             record=events.Record(number, request_id, *_format_and_kind(client_format), endpoint=request.path),
             refusal=refusal,
+            listened=self.bus.listeners > 0,
         )
         self.ctx.in_flight += 1
         try:
@@ -212,7 +213,10 @@ class App:
         """Feeds a request's `complete` record to the metrics and the live
         measurements, and publishes the providers' new figures."""
         self.metrics.observe(record)
-        for name in self.measurements.observe(record):
+        changed = self.measurements.observe(record)
+        if not self.bus.listeners:
+            return
+        for name in changed:
             stats = self.measurements.get(name)
             if stats is not None:
                 self.driver.publish(events.measured(record["ts_ms"], name, stats.to_json()))

@@ -34,6 +34,10 @@ class EventBus:
         self._encode = encode
         self._subscribers: list[Subscription] = []
         self.published = 0
+        # Subscribers, and in-process listeners (the tests' harness counts
+        # itself here): while there are none, requests build no events but
+        # their `complete` record (app.py).
+        self.listeners = 0
         self.dropped_total = 0  # events lost by any subscriber, ever (the metrics counter)
 
     def publish(self, event: dict[str, Any]) -> None:
@@ -55,10 +59,12 @@ class EventBus:
     def subscribe(self, buffer: int = 1024) -> Iterator[Subscription]:
         sub = Subscription(buffer)
         self._subscribers.append(sub)
+        self.listeners += 1
         try:
             yield sub
         finally:
             self._subscribers.remove(sub)
+            self.listeners -= 1
             sub.send.close()
             sub.receive.close()
 

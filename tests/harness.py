@@ -99,6 +99,7 @@ async def _run_with_events(cfg: config_module.Config, holder: list, *, task_stat
         original(event)
 
     app.driver.publish = publish
+    app.bus.listeners += 1  # the harness hears every event, as a feed subscriber would
     await app.run(task_status=task_status)
 
 
