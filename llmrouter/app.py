@@ -339,8 +339,10 @@ def _format_and_kind(client_format: str) -> tuple[str, str]:
     return getattr(module, "FORMAT", client_format), getattr(module, "KIND", "chat")
 
 
-def _sse(event: dict[str, Any]) -> bytes:
-    return b"event: " + event["type"].encode() + b"\ndata: " + events.dumps(event).encode() + b"\n\n"
+def _sse(event: dict[str, Any], text: str | None = None) -> bytes:
+    if text is None:
+        text = events.dumps(event)
+    return b"event: " + event["type"].encode() + b"\ndata: " + text.encode() + b"\n\n"
 
 
 def _presents_key(request: HTTPRequest, key: str) -> bool:

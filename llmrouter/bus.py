@@ -30,7 +30,7 @@ class Subscription:
 
 
 class EventBus:
-    def __init__(self, encode: Callable[[dict[str, Any]], bytes]) -> None:
+    def __init__(self, encode: Callable[[dict[str, Any], str | None], bytes]) -> None:
         self._encode = encode
         self._subscribers: list[Subscription] = []
         self.published = 0
@@ -40,11 +40,12 @@ class EventBus:
         self.listeners = 0
         self.dropped_total = 0  # events lost by any subscriber, ever (the metrics counter)
 
-    def publish(self, event: dict[str, Any]) -> None:
+    def publish(self, event: dict[str, Any], text: str | None = None) -> None:
+        """`text`: the event's JSON (events.dumps), when the caller has it already."""
         self.published += 1
         if not self._subscribers:
             return
-        data = self._encode(event)
+        data = self._encode(event, text)
         for sub in self._subscribers:
             try:
                 sub.send.send_nowait(data)

@@ -94,9 +94,9 @@ async def _run_with_events(cfg: config_module.Config, holder: list, *, task_stat
     events: list[dict[str, Any]] = holder[1]
     original = app.bus.publish
 
-    def publish(event: dict[str, Any]) -> None:
+    def publish(event: dict[str, Any], text: str | None = None) -> None:
         events.append(event)
-        original(event)
+        original(event, text)
 
     app.driver.publish = publish
     app.bus.listeners += 1  # the harness hears every event, as a feed subscriber would
