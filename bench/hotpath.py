@@ -16,7 +16,9 @@ event-loop iterations per request (each iteration is an epoll_wait; each
 `await` that really suspends costs one), and for streams the calls per
 forwarded event after the request's own share: (stream − small) / 50.
 CPU time per request is printed too, but it moves with the machine's load.
---details adds the cProfile tables.
+--details adds the cProfile tables. --listen keeps a subscriber on the event
+feed (as an open dashboard would) for the whole run; without it nobody
+listens, and requests build no events but their `complete` record.
 For a sampling view of a running router use py-spy instead:
 `py-spy record -p <router pid> -d 10 -o profile.svg`.
 """

@@ -35,8 +35,9 @@ from loadgen import build_request  # noqa: E402
 CHUNKS = 50
 # Calls per small request, and per forwarded event after the request's own
 # share ((stream - small) / CHUNKS), measured as below.
-# Measured at the end of issue 12's round (before it: 1,937, 240 and 257).
-BUDGET = {"small request": 1700, "same-format event": 50, "cross-format event": 69}
+# Measured at the end of issue 12's round (before it: 1,937, 240 and 257); the small
+# request since lazy publishing (1,705 before it).
+BUDGET = {"small request": 1680, "same-format event": 50, "cross-format event": 69}
 MARGIN = 1.10
 SMALL, STREAMS = 200, 40
 
