@@ -7,6 +7,7 @@ all on `App.shutdown()`; `App.handle` is the HTTP handler the server calls.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import ipaddress
 import itertools
 import json
@@ -228,6 +229,8 @@ class App:
             in_flight=self.ctx.in_flight,
             circuits={name: entry["state"] != "closed" for name, entry in states.items()},
             events_dropped=self.bus.dropped_total,
+            gc_collections=[generation["collections"] for generation in gc.get_stats()],
+            gc_frozen=gc.get_freeze_count(),
         )
         await writer.respond(200, [("content-type", METRICS_CONTENT_TYPE)], text.encode())
 
@@ -254,6 +257,8 @@ class App:
             "breakers": self.ctx.breakers.snapshot([p.name for p in self.config.providers], self.ctx.monotonic()),
             # Model names come from clients: only where the feed is open too (no client key).
             "measurements": self.measurements.to_json(),
+            # Collector pauses show in the tail latency; startup objects are frozen out of them (`serve`).
+            "gc": {"collections": [generation["collections"] for generation in gc.get_stats()], "frozen_objects": gc.get_freeze_count()},
         }
         await writer.respond(200, [("content-type", "application/json")], json.dumps(body).encode())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -98,8 +98,11 @@ class Metrics:
             return (("provider", provider), ("model", model if isinstance(model, str) else ""))
         return (("provider", provider),)
 
-    def render(self, *, in_flight: int, circuits: Mapping[str, bool], events_dropped: int) -> str:
-        """All series; `circuits` maps every provider to whether its circuit is open."""
+    def render(
+        self, *, in_flight: int, circuits: Mapping[str, bool], events_dropped: int, gc_collections: Sequence[int] = (), gc_frozen: int = 0
+    ) -> str:
+        """All series; `circuits` maps every provider to whether its circuit is
+        open; `gc_collections` counts the collector's runs per generation."""
         out: list[str] = []
         _family(out, "llmrouter_requests_total", "counter", "Requests by provider, endpoint and outcome.", self.requests.items())
         _histograms(out, "llmrouter_request_duration_seconds", "Time from a request's arrival to its end.", self.durations)
@@ -110,6 +113,10 @@ class Metrics:
         _family(out, "llmrouter_circuit_open", "gauge", "1 while a provider's circuit breaker is open or half-open.",
                 [((("provider", name),), int(is_open)) for name, is_open in circuits.items()])
         _family(out, "llmrouter_events_dropped_total", "counter", "Events live feed subscribers lost because they fell behind.", [((), events_dropped)])
+        # prometheus_client's name for the same counter, so existing dashboards find it.
+        _family(out, "python_gc_collections_total", "counter", "Garbage collector runs per generation.",
+                [((("generation", str(generation)),), count) for generation, count in enumerate(gc_collections)])
+        _family(out, "llmrouter_gc_frozen_objects", "gauge", "Objects frozen out of garbage collection at startup.", [((), gc_frozen)])
         return "\n".join(out) + "\n"
 
 

@@ -73,6 +73,7 @@ class ResponseWriter:
         self._head_only = head_only
         self._held = b""  # a response head waiting to go out with its body
         self._streamed = False  # no content-length: a body sent piece by piece
+        self._chunked = False  # ... in HTTP/1.1 chunks
         self.started = False
         self.finished = False
 
@@ -85,6 +86,10 @@ class ResponseWriter:
             if name == "content-length":
                 self._streamed = False
                 break
+        # h11's rule (an HTTP/1.0 client gets the body as is, then a close);
+        # the chunks are framed here, as h11 would, without its per-event
+        # machinery (h11 keeps no state between chunks; it still ends the body).
+        self._chunked = self._streamed and not self._head_only and (self._conn.h11.their_http_version or b"") >= b"1.1"
         headers = [SERVER_HEADER, *headers]
         if self._conn.server.closing:
             headers.append(("connection", "close"))
@@ -95,13 +100,16 @@ class ResponseWriter:
         if self._head_only:
             data = b""
         if self._held:
-            data = self._held + self._conn.serialize(h11.Data(data=data)) if data else self._held
+            data = self._held + self._frame(data) if data else self._held
             self._held = b""
             await self._conn.write(data)
             if self._streamed:  # the rest of the body waits its turn: other requests' heads go first
                 await body_turn()
         elif data:
-            await self._conn.send(h11.Data(data=data))
+            await self._conn.write(self._frame(data))
+
+    def _frame(self, data: bytes) -> bytes:
+        return b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else self._conn.serialize(h11.Data(data=data))
 
     async def end(self) -> None:
         self.finished = True

@@ -44,6 +44,12 @@ class Wire(asyncio.Protocol):
         self._writing_paused = False
         self._reader: asyncio.Future[None] | None = None
         self._drainer: asyncio.Future[None] | None = None
+        # When (loop time) the waiting read and drain run out, and the one
+        # timer that checks both (`_watch`): no timer per wait.
+        self._read_until = math.inf
+        self._drain_until = math.inf
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watch_at = math.inf
 
     # asyncio's protocol callbacks
 
@@ -69,6 +75,9 @@ class Wire(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True
         self.error = exc
+        if self._watchdog is not None:  # it would keep this wire alive until its time
+            self._watchdog.cancel()
+            self._watchdog = None
         self._input_ended()
         drainer, self._drainer = self._drainer, None
         if drainer is not None and not drainer.done():
@@ -137,11 +146,16 @@ class Wire(asyncio.Protocol):
         return data
 
     async def _wait(self, timeout: float | None) -> None:
-        self._reader = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._reader = loop.create_future()
+        if timeout is not None and timeout != math.inf:
+            self._read_until = until = loop.time() + timeout
+            self._watch(loop, until)
         try:
-            await _until(self._reader, timeout)
+            await self._reader
         finally:
             self._reader = None
+            self._read_until = math.inf
 
     async def write(self, data: bytes, timeout: float | None = None) -> None:
         """Hands `data` to the transport; waits while its send buffer is full
@@ -152,11 +166,49 @@ class Wire(asyncio.Protocol):
         self.transport.write(data)
         if self.transport.is_closing():  # the send failed: asyncio closes the transport at once
             raise ConnectionResetError("the peer closed the connection")
-        while self._writing_paused and not self.lost:
-            self._drainer = asyncio.get_running_loop().create_future()
-            await _until(self._drainer, timeout)
+        if self._writing_paused and not self.lost:
+            await self._drain(timeout)
         if self.lost:
             raise ConnectionResetError("the connection is closed")
+
+    async def _drain(self, timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        if timeout is not None and timeout != math.inf:
+            self._drain_until = until = loop.time() + timeout
+            self._watch(loop, until)
+        try:
+            while self._writing_paused and not self.lost:
+                self._drainer = loop.create_future()
+                await self._drainer
+        finally:
+            self._drainer = None
+            self._drain_until = math.inf
+
+    # Time limits. A wait sets when it runs out; the watchdog is moved only
+    # when that is sooner than the watchdog's time. When the watchdog goes off
+    # it times out the waits whose time is up and sets itself for the soonest
+    # time left, so a stream of short waits under one long limit costs no
+    # timer per wait (a loop timer is a heap entry, and a cancelled one stays
+    # in the heap until its time).
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, until: float) -> None:
+        if self._watchdog is not None:
+            if self._watch_at <= until:
+                return
+            self._watchdog.cancel()
+        self._watch_at = until
+        self._watchdog = loop.call_at(until, self._watchdog_fired)
+
+    def _watchdog_fired(self) -> None:
+        # A limit at or before this time is up: a sooner one would have moved the watchdog.
+        due, self._watchdog = self._watch_at, None
+        if self._read_until <= due:
+            self.interrupt()
+        if self._drain_until <= due and self._drainer is not None:
+            _time_out(self._drainer)
+        soonest = min(self._read_until, self._drain_until)
+        if soonest != math.inf:
+            self._watch(asyncio.get_running_loop(), soonest)
 
     def write_eof(self) -> None:
         if not self.lost and self.transport.can_write_eof():
@@ -223,18 +275,6 @@ def _next_body(lane: collections.deque[asyncio.Future[None]]) -> None:
 
 
 _LANES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, collections.deque[asyncio.Future[None]]] = weakref.WeakKeyDictionary()
-
-
-async def _until(waiter: asyncio.Future[None], timeout: float | None) -> None:
-    """Waits for `waiter`, at most `timeout` seconds (then TimeoutError). A
-    timer only for a wait that really happens, and a plain loop timer rather
-    than a cancel scope: input or buffer room that is already there costs none."""
-    timer = None if timeout is None or timeout == math.inf else asyncio.get_running_loop().call_later(max(timeout, 0.0), _time_out, waiter)
-    try:
-        await waiter
-    finally:
-        if timer is not None:
-            timer.cancel()
 
 
 def _time_out(waiter: asyncio.Future[None]) -> None:

@@ -196,3 +196,45 @@ def test_graceful_shutdown_lets_streams_finish(fake):
                 time.sleep(0.02)
         (record,) = router.wait_records(1)
         assert record["status"] == 200
+
+
+def _stream_request(version: bytes, method: bytes = b"POST") -> bytes:
+    body = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    return (
+        method + b" /v1/chat/completions " + version + b"\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+def test_streamed_body_framing_follows_the_clients_http_version(fake):
+    """The router frames a stream's chunks itself (not through h11's per-event
+    path): an HTTP/1.1 client gets valid chunked framing, an HTTP/1.0 client
+    the bare body and a close, with the same events."""
+    import h11
+
+    fake.script = lambda request: Reply.text("one two three four", chunks=4, delay=0.02)
+    with running_router(config_for(fake.url)) as router:
+        reply = raw_http(router.port, _stream_request(b"HTTP/1.1"))
+        client = h11.Connection(h11.CLIENT)
+        client.send(h11.Request(method="POST", target="/", headers=[("host", "x"), ("content-length", "0")]))
+        client.send(h11.EndOfMessage())
+        client.receive_data(reply)
+        head = client.next_event()
+        assert isinstance(head, h11.Response) and head.status_code == 200
+        assert (b"transfer-encoding", b"chunked") in head.headers
+        chunked_body, pieces = b"", 0
+        while not isinstance(event := client.next_event(), h11.EndOfMessage):
+            assert isinstance(event, h11.Data), event  # a framing error raises in next_event
+            chunked_body += event.data
+            pieces += 1
+        assert pieces > 1 and chunked_body.endswith(b"data: [DONE]\n\n")
+
+        reply10 = raw_http(router.port, _stream_request(b"HTTP/1.0"))
+        head10, _, body10 = reply10.partition(b"\r\n\r\n")
+        assert head10.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head10.lower()
+        texts = [json.loads(line[6:])["choices"][0]["delta"].get("content") for body in (chunked_body, body10)
+                 for line in body.split(b"\n") if line.startswith(b"data: {")]
+        assert "".join(t or "" for t in texts) == 2 * "one two three four"
+
+        reply_head = raw_http(router.port, _stream_request(b"HTTP/1.1", b"HEAD"))
+        assert reply_head.startswith(b"HTTP/1.1 ") and reply_head.endswith(b"\r\n\r\n")

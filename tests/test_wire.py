@@ -1,0 +1,105 @@
+"""The wire's time limits (llmrouter/wire.py) over real loopback sockets:
+one watchdog timer per wire instead of one timer per wait."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from llmrouter.wire import Wire, connect
+
+
+async def pair() -> tuple[Wire, Wire, asyncio.AbstractServer]:
+    """A connected (server side, client side) pair of wires on 127.0.0.1."""
+    accepted: asyncio.Future[Wire] = asyncio.get_running_loop().create_future()
+    server = await asyncio.get_running_loop().create_server(lambda: Wire(accepted.set_result), "127.0.0.1", 0)
+    client = await connect("127.0.0.1", server.sockets[0].getsockname()[1])
+    return await accepted, client, server
+
+
+def run(test) -> None:  # type: ignore[no-untyped-def]
+    async def bounded() -> None:
+        await asyncio.wait_for(test(), 20)  # a broken limit fails the test instead of hanging it
+
+    asyncio.run(bounded())
+
+
+def test_waits_under_one_limit_share_one_timer() -> None:
+    async def test() -> None:
+        ours, theirs, server = await pair()
+        loop = asyncio.get_running_loop()
+        before = len(loop._scheduled)  # type: ignore[attr-defined]
+        for i in range(50):
+            reading = asyncio.ensure_future(ours.read(30))
+            await asyncio.sleep(0)  # the read waits, with its limit
+            await theirs.write(b"%d" % i)
+            assert await reading == b"%d" % i
+        # One timer for the wire; a timer per wait would leave 50 cancelled ones in the loop's heap.
+        assert len(loop._scheduled) - before == 1  # type: ignore[attr-defined]
+        theirs.close()
+        assert await ours.read(30) == b""
+        ours.close()
+        for _ in range(100):  # connection_lost comes a loop iteration or two after close()
+            if ours.lost:
+                break
+            await asyncio.sleep(0.01)
+        assert ours.lost and ours._watchdog is None  # a gone connection keeps no timer (it would hold the wire)
+        server.close()
+
+    run(test)
+
+
+def test_a_read_times_out_after_its_limit() -> None:
+    async def test() -> None:
+        ours, theirs, server = await pair()
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await ours.read(0.05)
+        assert time.monotonic() - started >= 0.05
+        await theirs.write(b"late")
+        assert await ours.read(1) == b"late"  # the wire still works after a timed-out read
+        theirs.close()
+        server.close()
+
+    run(test)
+
+
+def test_a_sooner_limit_moves_the_watchdog_and_a_later_one_waits_for_its_own_time() -> None:
+    async def test() -> None:
+        ours, theirs, server = await pair()
+        await theirs.write(b"a")
+        assert await ours.read(30) == b"a"  # no wait: no timer
+        reading = asyncio.ensure_future(ours.read(30))
+        await asyncio.sleep(0)
+        await theirs.write(b"b")
+        assert await reading == b"b"  # the watchdog now stands at 30 s
+        with pytest.raises(TimeoutError):
+            await ours.read(0.05)  # sooner: the watchdog moves (without that, 30 s and wait_for fails)
+        reading = asyncio.ensure_future(ours.read(0.05))
+        await asyncio.sleep(0)
+        await theirs.write(b"c")
+        assert await reading == b"c"  # the watchdog stays at ~0.05 s from then
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await ours.read(0.3)  # the watchdog goes off first and sets itself again for this read
+        assert time.monotonic() - started >= 0.3
+        theirs.close()
+        server.close()
+
+    run(test)
+
+
+def test_a_write_to_a_reader_that_stopped_times_out() -> None:
+    async def test() -> None:
+        ours, theirs, server = await pair()
+        ours.limit_write_buffer(1024)
+        with pytest.raises(TimeoutError):
+            for _ in range(1000):  # far more than the kernel's buffers take: the transport pauses
+                await ours.write(b"x" * 1_000_000, timeout=0.1)
+        ours.abort()
+        theirs.close()
+        server.close()
+
+    run(test)
