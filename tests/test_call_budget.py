@@ -104,7 +104,7 @@ def counts(fake_port: int, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     """Calls per request in the router's thread, for each kind of request."""
     log = tmp_path_factory.mktemp("budget") / "requests.jsonl"
     cfg = make_config(
-        f'[server]\ndashboard = true\n[logging]\nenabled = true\npath = "{log}"\n'
+        f'[server]\nport = 0\ndashboard = true\n[logging]\nenabled = true\npath = "{log}"\n'
         + provider_config(f"http://127.0.0.1:{fake_port}/v1")
         + '[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "fake"\n'
     )
