@@ -16,7 +16,9 @@ event-loop iterations per request (each iteration is an epoll_wait; each
 `await` that really suspends costs one), and for streams the calls per
 forwarded event after the request's own share: (stream − small) / 50.
 CPU time per request is printed too, but it moves with the machine's load.
---details adds the cProfile tables.
+--details adds the cProfile tables. --listen keeps a subscriber on the event
+feed (as an open dashboard would) for the whole run; without it nobody
+listens, and requests build no events but their `complete` record.
 For a sampling view of a running router use py-spy instead:
 `py-spy record -p <router pid> -d 10 -o profile.svg`.
 """
@@ -103,6 +105,13 @@ async def profile(args: argparse.Namespace) -> None:
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(app.run)
+            if args.listen:  # a feed subscriber on the other core, reading every event
+                code = ("import socket; s = socket.create_connection(('127.0.0.1', %d))\n"
+                        "s.sendall(b'GET /dashboard/events HTTP/1.1\\r\\nhost: 127.0.0.1\\r\\n\\r\\n')\n"
+                        "while s.recv(65536): pass\n") % port
+                tg.start_soon(anyio.run_process, pinned(1, [sys.executable, "-c", code]))
+                while not app.bus.listeners:
+                    await anyio.sleep(0.01)
             for scenario in args.scenarios:
                 n = args.requests if scenario == "small" else args.streams
                 await anyio.run_process(load(scenario, max(n // 10, 20)))  # warm up
@@ -165,6 +174,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000, help="small requests to profile")
     ap.add_argument("--streams", type=int, default=200, help="streams to profile, per stream scenario")
     ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--listen", action="store_true", help="with a subscriber to the event feed (the dashboard open)")
     ap.add_argument("--details", action="store_true", help="also print the cProfile tables")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--sort", default="tottime")
