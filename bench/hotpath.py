@@ -17,14 +17,17 @@ event-loop iterations per request (each iteration is an epoll_wait; each
 `await` that really suspends costs one), and for streams the calls per
 forwarded event after the request's own share: (stream − small) / 50.
 CPU time per request is printed too, but it moves with the machine's load.
---details adds the cProfile tables. --owners adds a second pass that
-counts each call for its owner: the package of the nearest frame outside
-the generic helpers (typing, contextlib, abc, functools), so that httpcore's
-typing checks count as httpcore's; a C call counts for its caller. --relay measures the minimal wire relay
-of bench/bare_server.py (h11 in, httpcore's connection out, on the router's
-wires; no routing, pool, timeouts or logging) the same way, in this process
-after the router, for `small`, `stream` and `paced`: the floor under the
-router's counts, from the same run.
+--details adds the cProfile tables. --listen keeps a subscriber on the event
+feed (as an open dashboard would) for the whole run; without it nobody
+listens, and requests build no events but their `complete` record.
+--owners adds a second pass that counts each call for its owner: the
+package of the nearest frame outside the generic helpers (typing,
+contextlib, abc, functools), so that httpcore's typing checks count as
+httpcore's; a C call counts for its caller. --relay measures the minimal
+wire relay of bench/bare_server.py (h11 in, httpcore's connection out, on
+the router's wires; no routing, pool, timeouts or logging) the same way, in
+this process after the router, for `small`, `stream` and `paced`: the floor
+under the router's counts, from the same run.
 For a sampling view of a running router use py-spy instead:
 `py-spy record -p <router pid> -d 10 -o profile.svg`.
 """
@@ -155,6 +158,13 @@ async def profile(args: argparse.Namespace) -> None:
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(app.run)
+            if args.listen:  # a feed subscriber on the other core, reading every event
+                code = ("import socket; s = socket.create_connection(('127.0.0.1', %d))\n"
+                        "s.sendall(b'GET /dashboard/events HTTP/1.1\\r\\nhost: 127.0.0.1\\r\\n\\r\\n')\n"
+                        "while s.recv(65536): pass\n") % port
+                tg.start_soon(anyio.run_process, pinned(1, [sys.executable, "-c", code]))
+                while not app.bus.listeners:
+                    await anyio.sleep(0.01)
             await measure("router", port, args.scenarios)
             app.shutdown()
             if args.relay:
@@ -236,6 +246,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000, help="small requests to profile")
     ap.add_argument("--streams", type=int, default=200, help="streams to profile, per stream scenario")
     ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--listen", action="store_true", help="with a subscriber to the event feed (the dashboard open)")
     ap.add_argument("--details", action="store_true", help="also print the cProfile tables")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--sort", default="tottime")

@@ -93,7 +93,7 @@ def pure_pipeline() -> Callable[[], None]:
     head = UpstreamHead(200, [("content-type", "application/json")])
 
     def once() -> None:
-        ex = Exchange(1, "id", "openai", headers, body, events.Record(1, "id", "openai"))
+        ex = Exchange(1, "id", "openai", headers, body, events.Record(1, "id", "openai"), listened=False)  # nobody on the feed
         gen = handle(ctx, ex)
         reply = None
         try:

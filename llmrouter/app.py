@@ -202,6 +202,7 @@ class App:
             body=request.body,
             record=events.Record(number, request_id, *_format_and_kind(client_format), endpoint=request.path),
             refusal=refusal,
+            listened=self.bus.listeners > 0,
         )
         self.ctx.in_flight += 1
         try:
@@ -213,7 +214,10 @@ class App:
         """Feeds a request's `complete` record to the metrics and the live
         measurements, and publishes the providers' new figures."""
         self.metrics.observe(record)
-        for name in self.measurements.observe(record):
+        changed = self.measurements.observe(record)
+        if not self.bus.listeners:
+            return
+        for name in changed:
             stats = self.measurements.get(name)
             if stats is not None:
                 self.driver.publish(events.measured(record["ts_ms"], name, stats.to_json()))
@@ -340,8 +344,10 @@ def _format_and_kind(client_format: str) -> tuple[str, str]:
     return getattr(module, "FORMAT", client_format), getattr(module, "KIND", "chat")
 
 
-def _sse(event: dict[str, Any]) -> bytes:
-    return b"event: " + event["type"].encode() + b"\ndata: " + events.dumps(event).encode() + b"\n\n"
+def _sse(event: dict[str, Any], text: str | None = None) -> bytes:
+    if text is None:
+        text = events.dumps(event)
+    return b"event: " + event["type"].encode() + b"\ndata: " + text.encode() + b"\n\n"
 
 
 def _presents_key(request: HTTPRequest, key: str) -> bool:

@@ -46,11 +46,17 @@ class ResponseWriter(Protocol):
     async def abort(self) -> None: ...
 
 
+class Publisher(Protocol):
+    """EventBus.publish: `text` is the event's JSON when the caller has it already."""
+
+    def __call__(self, event: dict[str, Any], text: str | None = None) -> None: ...
+
+
 class Driver:
     def __init__(
         self,
         upstreams: Upstreams,
-        publish: Callable[[dict[str, Any]], None],
+        publish: Publisher,
         log_record: Callable[[str], None] | None,
         clock_ms: Callable[[], int],
         observe: Callable[[dict[str, Any]], None] | None = None,
@@ -83,9 +89,11 @@ class Driver:
 
     def finish(self, ex: Exchange, started: float) -> None:
         record = ex.record.complete(self.clock_ms(), round((time.monotonic() - started) * 1000))
-        self.publish(record)
-        if self.log_record is not None:
-            self.log_record(events.dumps(record))
+        # Encoded once for the log and the feed: the largest event of all.
+        line = events.dumps(record) if self.log_record is not None else None
+        self.publish(record, line)
+        if line is not None:
+            self.log_record(line)
         if self.observe is not None:
             self.observe(record)
 

@@ -119,6 +119,9 @@ class Exchange:
     raw_reply: bytes | None = None  # an upstream body forwarded unchanged
     refusal: errors.RouterError | None = None  # refused before routing (access rules, method)
     first_chunk_at: float | None = None  # ctx.monotonic() at the current attempt's first stream chunk
+    # Someone listens to the live feed (app.py asks the bus as the request
+    # starts): only then are its start, classified and routed events built.
+    listened: bool = True
 
 
 def handle(ctx: Context, ex: Exchange) -> Pipeline:
@@ -151,7 +154,8 @@ def _serve(ctx: Context, ex: Exchange, client: formats.ClientFormat) -> Pipeline
         model = body.get("model")
         rec.requested_model = model if isinstance(model, str) else ""
         rec.stream = body.get("stream", getattr(client, "STREAMS_BY_DEFAULT", False)) is True  # Ollama streams by default
-    yield Publish(events.start(ex.id, ctx.clock_ms(), rec.requested_model, ctx.in_flight, ex.request_id, rec.client_format, rec.stream, rec.kind))
+    if ex.listened:
+        yield Publish(events.start(ex.id, ctx.clock_ms(), rec.requested_model, ctx.in_flight, ex.request_id, rec.client_format, rec.stream, rec.kind))
     if ex.refusal is not None:
         raise ex.refusal
     if problem:
@@ -178,7 +182,8 @@ def _serve(ctx: Context, ex: Exchange, client: formats.ClientFormat) -> Pipeline
             yield from _log_all(warnings)
         req.tags = tags
         rec.tags = list(tags)
-        yield Publish(events.classified(ex.id, ctx.clock_ms(), tags))
+        if ex.listened:
+            yield Publish(events.classified(ex.id, ctx.clock_ms(), tags))
         flow = yield from _stage("pre_request", active, state, rec)
         _record_prompt(rec, req, log_inputs)  # as the plugins left it
         if flow == plugins.CONTINUE and state.response is None:
@@ -236,7 +241,8 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
         if len(tried) >= max_attempts:
             break
         allowed, change = ctx.breakers.allow(name, ctx.monotonic())
-        yield from _publish_breaker(ctx, change)
+        if change is not None:
+            yield _breaker_event(ctx, change)
         if not allowed:  # failing repeatedly: on to the next decision at once
             skipped.append(name)
             continue
@@ -244,7 +250,8 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
             yield Log("warning", f"request {ex.request_id}: {last_error.message}; trying provider '{name}'")
         tried.add(name)
         rec.provider, rec.sent_model = name, decision.model
-        yield Publish(events.routed(ex.id, ctx.clock_ms(), name, decision.model, len(tried)))
+        if ex.listened:
+            yield Publish(events.routed(ex.id, ctx.clock_ms(), name, decision.model, len(tried)))
         attempt = events.Attempt(name, decision.model)
         rec.attempts.append(attempt)
         started = ctx.monotonic()
@@ -254,7 +261,9 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
         except errors.UpstreamError as err:
             attempt.outcome, attempt.status, attempt.error = "error", err.status, err.message
             attempt.duration_ms = round((ctx.monotonic() - started) * 1000)
-            yield from _breaker_outcome(ctx, name, err.status)
+            change = _breaker_outcome(ctx, name, err.status)
+            if change is not None:
+                yield _breaker_event(ctx, change)
             if ex.response_started or not err.retryable:
                 raise
             last_error = err
@@ -266,7 +275,9 @@ def _route(ctx: Context, ex: Exchange, client: formats.ClientFormat, req: canoni
         attempt.duration_ms = round((ctx.monotonic() - started) * 1000)
         if req.stream and ex.first_chunk_at is not None:
             attempt.first_token_ms = round((ex.first_chunk_at - started) * 1000)
-        yield from _breaker_outcome(ctx, name, 200)
+        change = ctx.breakers.success(name)
+        if change is not None:
+            yield _breaker_event(ctx, change)
         return
     if last_error is not None:
         raise last_error
@@ -294,18 +305,16 @@ def kind_not_supported(req: canonical.Request, unable: Mapping[str, str]) -> err
                                    f"provider {names} has no API for them", param="model")
 
 
-def _breaker_outcome(ctx: Context, name: str, status: int) -> Pipeline:
+def _breaker_outcome(ctx: Context, name: str, status: int) -> breaker.Change | None:
     # Any answer below 500 (even 429) shows the provider is up.
     if status < 500:
-        change = ctx.breakers.success(name)
-    else:
-        change = ctx.breakers.failure(name, ctx.monotonic())
-    yield from _publish_breaker(ctx, change)
+        return ctx.breakers.success(name)
+    return ctx.breakers.failure(name, ctx.monotonic())
 
 
-def _publish_breaker(ctx: Context, change: breaker.Change | None) -> Pipeline:
-    if change is not None:
-        yield Publish(events.breaker(ctx.clock_ms(), change.provider, change.state, change.failures, change.cooldown))
+def _breaker_event(ctx: Context, change: breaker.Change) -> Publish:
+    # Rare (a circuit changed state) and not tied to one request: published whoever listens.
+    return Publish(events.breaker(ctx.clock_ms(), change.provider, change.state, change.failures, change.cooldown))
 
 
 def _call(

@@ -5,6 +5,9 @@
 
 `router.events` collects every event the router published (through the real
 bus, as a subscriber would see them) and `router.records` the `complete` ones.
+The harness counts as a listener to the feed, so the router builds every
+event; with `listen=False` it sees only what the router publishes with
+nobody listening (the `complete` records).
 """
 
 from __future__ import annotations
@@ -78,12 +81,12 @@ async def _shutdown(app: App) -> None:
 
 @contextlib.contextmanager
 def running_router(
-    toml_text: str | config_module.Config, environ: Mapping[str, str] | None = None
+    toml_text: str | config_module.Config, environ: Mapping[str, str] | None = None, *, listen: bool = True
 ) -> Iterator[RunningRouter]:
     cfg = toml_text if isinstance(toml_text, config_module.Config) else make_config(toml_text, environ)
     events: list[dict[str, Any]] = []
     with BackgroundLoop() as loop:
-        holder: list[Any] = [None, events]
+        holder: list[Any] = [None, events, listen]
         port = loop.start(_run_with_events, cfg, holder)
         yield RunningRouter(holder[0], port, loop, events)
 
@@ -94,11 +97,13 @@ async def _run_with_events(cfg: config_module.Config, holder: list, *, task_stat
     events: list[dict[str, Any]] = holder[1]
     original = app.bus.publish
 
-    def publish(event: dict[str, Any]) -> None:
+    def publish(event: dict[str, Any], text: str | None = None) -> None:
         events.append(event)
-        original(event)
+        original(event, text)
 
     app.driver.publish = publish
+    if holder[2]:
+        app.bus.listeners += 1  # the harness hears every event, as a feed subscriber would
     await app.run(task_status=task_status)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpcore
@@ -14,6 +16,7 @@ import pytest
 from fakes import FakeUpstream, Hang, Reply
 from harness import make_config, provider_config, running_router
 from llmrouter import app as app_module
+from llmrouter import events
 from llmrouter.bus import EventBus
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -192,9 +195,9 @@ def test_each_event_is_encoded_once_for_all_subscribers(fake, monkeypatch):
 
     encoded: list[str] = []
 
-    def counting_sse(event: dict) -> bytes:
+    def counting_sse(event: dict, text: str | None = None) -> bytes:
         encoded.append(event["type"])
-        return app_module._sse(event)
+        return app_module._sse(event, text)
 
     monkeypatch.setattr(app_module, "EventBus", lambda encode: EventBus(counting_sse))
     with running_router(config_for(fake.url)) as router:
@@ -214,3 +217,52 @@ def test_each_event_is_encoded_once_for_all_subscribers(fake, monkeypatch):
         finally:
             for reader in readers:
                 reader.close()
+
+
+def test_with_nobody_listening_requests_build_no_events_but_their_record(fake, tmp_path, monkeypatch):
+    """Publish lazily: while nobody listens to the feed a request builds only
+    its `complete` record (the log, the metrics and the live measurements
+    still get it); a subscriber gets every event of the requests that start
+    after it connected, in order, and once it leaves nothing is built again."""
+    from harness import FeedReader
+
+    built: list[str] = []
+    for name in ("start", "classified", "routed", "measured"):
+        def counting(*args, _make=getattr(events, name), _name=name, **kwargs):
+            built.append(_name)
+            return _make(*args, **kwargs)
+
+        monkeypatch.setattr(events, name, counting)
+    log_path = tmp_path / "log.jsonl"
+    body = {"model": "ok/m", "messages": MESSAGES}
+    with running_router(config_for(fake.url, str(log_path)), listen=False) as router:
+        assert post(router.url, body).status == 200
+        router.wait_records(1)
+        assert built == [] and [e["type"] for e in router.events] == ["complete"]
+        assert router.app.measurements.get("fake").samples == 1  # measured, not published
+        assert b'llmrouter_requests_total{' in post_metrics(router.url)
+
+        reader = FeedReader(router.port)
+        try:
+            reader.until(b": connected")
+            assert post(router.url, body).status == 200
+            reader.until(b"event: measured")
+            assert built == ["start", "classified", "routed", "measured"]
+            got = [json.loads(data) for data in re.findall(rb"event: \w+\ndata: ([^\n]*)\n\n", reader.data)]
+            assert [e["type"] for e in got] == ["start", "classified", "routed", "complete", "measured"]
+            assert {e["id"] for e in got[:4]} == {1}
+        finally:
+            reader.close()
+        deadline = time.monotonic() + 10
+        while router.app.bus.listeners:
+            assert time.monotonic() < deadline, "the closed subscriber was never removed"
+            time.sleep(0.01)
+        assert post(router.url, body).status == 200
+        router.wait_records(3)
+        assert len(built) == 4
+    assert [json.loads(line)["id"] for line in log_path.read_text().splitlines()] == [0, 1, 2]
+
+
+def post_metrics(url: str) -> bytes:
+    with httpcore.ConnectionPool() as pool:
+        return pool.request("GET", url + "/metrics", headers={"host": "127.0.0.1"}).content

@@ -62,10 +62,10 @@ class Playbook:
     driver would — and `finish` checks that the pipeline has ended. A command
     the test did not name is a failure, so no event or log line goes unchecked."""
 
-    def __init__(self, body: dict[str, Any] | bytes, config_text: str = CONFIG, client_format: str = "openai") -> None:
+    def __init__(self, body: dict[str, Any] | bytes, config_text: str = CONFIG, client_format: str = "openai", listened: bool = True) -> None:
         self.ctx = Context(config=make_config(config_text), clock_ms=lambda: 1000, monotonic=lambda: 0.0, new_seed=lambda: "5eed")
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.ex = Exchange(0, "req-1", client_format, {}, raw, events.Record(0, "req-1", client_format))
+        self.ex = Exchange(0, "req-1", client_format, {}, raw, events.Record(0, "req-1", client_format), listened=listened)
         self.gen = handle(self.ctx, self.ex)
         self.pending: Any = next(self.gen)
         self.done = False
@@ -130,6 +130,22 @@ def test_success_event_sequence_and_record():
     rec = p.ex.record
     assert (rec.status, rec.provider, rec.tags, rec.error) == (200, "a", ["code"], None)
     assert rec.response["content"] == "hello" and rec.usage == {"input_tokens": 3, "output_tokens": 1}
+
+
+def test_with_nobody_listening_no_event_is_built_and_the_record_is_the_same():
+    records = []
+    for listened in (True, False):
+        p = Playbook(BODY, listened=listened)
+        if listened:
+            p.routed("a")
+        p.expect(OpenUpstream, UpstreamHead(200, []))  # nobody listening: the first command
+        p.expect(ReadUpstreamBody, OPENAI_REPLY)
+        p.expect(StartResponse)
+        p.expect(SendBody)
+        p.expect(EndResponse)
+        p.finish()
+        records.append(p.ex.record.complete(1000, 5))
+    assert records[0] == records[1] and records[1]["tags"] == ["code"] and records[1]["provider"] == "a"
 
 
 def test_falls_back_before_the_first_byte():
