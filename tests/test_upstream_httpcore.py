@@ -2,9 +2,10 @@
 
 upstream.py hands httpcore a Request it filled in itself (`_Request`, with
 h11's own `Headers`, checked once per distinct header set), reads the body
-from httpcore's h11 connection and replaces that connection's state lock.
-Each assumption has a quiet fallback or none; these tests fail loudly when
-a new httpcore or h11 changes what they rely on (pyproject pins the ranges).
+from httpcore's h11 connection, settles a response through its stream's
+aclose and replaces httpcore's per-connection locks. Each assumption has a
+quiet fallback or none; these tests fail loudly when a new httpcore or h11
+(pyproject.toml names only the lowest versions) changes what they rely on.
 """
 
 from __future__ import annotations
