@@ -48,7 +48,6 @@ from typing import Any
 import anyio
 import h11
 import httpcore
-from h11._headers import Headers, normalize_and_validate
 
 from llmrouter import errors
 from llmrouter.config import Provider
@@ -382,6 +381,10 @@ class _Pool:
             if len(self._urls) >= _CACHED:
                 self._urls.clear()
             url = self._urls[call.path] = httpcore.URL(scheme=self.origin.scheme, host=self.origin.host, port=self.port, target=self.prefix + call.path.encode("latin-1"))
+        if Headers is None:
+            raw = [(b"host", self.host_header), (b"content-length", b"%d" % len(call.body))]
+            raw += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in call.headers]
+            return httpcore.Request(method, url, headers=raw, content=call.body, extensions=self.extensions)
         key = tuple(call.headers)
         items = self._checked.get(key)
         if items is None:
@@ -541,6 +544,11 @@ class _Headers(Sequence[tuple[str, str]]):
     def __repr__(self) -> str:
         return repr(self._items())
 
+
+try:  # h11's own header list, checked once per distinct set (`_Pool.request`)
+    from h11._headers import Headers, normalize_and_validate
+except ImportError:  # another h11: httpcore's own Request for every request (slower, the same bytes)
+    Headers = None
 
 # A chunked body's usual chunk, read here instead of by h11 (about 35 calls a
 # chunk there, one event each): a size line of hex digits alone, the data, CRLF.

@@ -115,3 +115,17 @@ async def test_httpcores_connections_have_the_parts_the_pool_replaces_and_reads(
         assert conn.http.is_idle()
         await pool.discard(conn)
         tg.cancel_scope.cancel()
+
+
+async def test_without_h11s_private_headers_the_pool_falls_back_to_httpcores_request(monkeypatch) -> None:
+    """Another h11 without `h11._headers`: the pool builds httpcore's own
+    Request, which h11 turns into the same bytes."""
+    import llmrouter.upstream as upstream
+
+    fast = _Pool(PROVIDER).request("POST", CALL)
+    monkeypatch.setattr(upstream, "Headers", None)
+    plain = _Pool(PROVIDER).request("POST", CALL)
+    assert type(plain) is httpcore.Request
+    as_sent = [h11.Connection(h11.CLIENT).send(h11.Request(method=r.method, target=r.url.target, headers=r.headers)) for r in (fast, plain)]  # type: ignore[arg-type]
+    assert as_sent[0].lower() == as_sent[1].lower()
+    assert await body_of(plain) == await body_of(fast)
