@@ -6,6 +6,7 @@ all on `App.shutdown()`; `App.handle` is the HTTP handler the server calls.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
 import ipaddress
@@ -25,7 +26,7 @@ import anyio.abc
 
 from llmrouter import errors, events, reload, router
 from llmrouter.breaker import Breakers
-from llmrouter.bus import EventBus
+from llmrouter.bus import EventBus, Subscription
 from llmrouter.config import Config
 from llmrouter.discovery import Discovery
 from llmrouter.driver import Driver
@@ -277,36 +278,40 @@ class App:
         await writer.respond(200, [("content-type", "text/html; charset=utf-8"), ("cache-control", "no-cache")], page)
 
     async def event_feed(self, writer: ResponseWriter) -> None:
-        """SSE: `event: <type>` + `data: <json>` per event, a comment every 15 s."""
+        """SSE: `event: <type>` + `data: <json>` per event; a comment after
+        KEEPALIVE_EVERY seconds (up to a third more) with nothing sent."""
         with self.bus.subscribe(SUBSCRIBER_BUFFER) as sub:
             writer.limit_send_buffer(FEED_SEND_BUFFER)
             await writer.start(200, [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-accel-buffering", "no")])
             await writer.send(b": connected\n\n")
-            while True:
-                data = b": keep-alive\n\n"
-                with anyio.move_on_after(KEEPALIVE_EVERY):
-                    try:
-                        frames = [await sub.receive.receive()]
-                    except (anyio.EndOfStream, anyio.ClosedResourceError):
+            quiet = _QuietTimer(sub, KEEPALIVE_EVERY)
+            try:
+                while True:
+                    await sub.wait()
+                    # Whatever is queued goes out in one write: one send per
+                    # burst, not per event, for each subscriber.
+                    frames = sub.take(FEED_BATCH)
+                    if frames:
+                        dropped = sub.take_dropped()
+                        if dropped:
+                            frames.insert(0, _sse({"type": "dropped", "v": events.SCHEMA_VERSION, "count": dropped}))
+                        data = b"".join(frames)
+                    elif sub.closed:
                         break
-                    # Whatever else is queued goes out in the same write: one
-                    # send per burst, not per event, for each subscriber.
-                    while len(frames) < FEED_BATCH:
-                        try:
-                            frames.append(sub.receive.receive_nowait())
-                        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                            break
-                    dropped = sub.take_dropped()
-                    if dropped:
-                        frames.insert(0, _sse({"type": "dropped", "v": events.SCHEMA_VERSION, "count": dropped}))
-                    data = b"".join(frames)
-                # A subscriber that stopped reading (a frozen tab, a suspended
-                # laptop) would hold its connection forever: cut it off.
-                with anyio.move_on_after(FEED_SEND_TIMEOUT) as sending:
-                    await writer.send(data)
-                if sending.cancelled_caught:
-                    await writer.abort()
-                    return
+                    elif quiet.due:
+                        data = b": keep-alive\n\n"
+                    else:
+                        continue
+                    quiet.sent()
+                    # A subscriber that stopped reading (a frozen tab, a suspended
+                    # laptop) would hold its connection forever: cut it off.
+                    try:
+                        await writer.send(data, FEED_SEND_TIMEOUT)
+                    except TimeoutError:
+                        await writer.abort()
+                        return
+            finally:
+                quiet.cancel()
             await writer.end()
 
     async def respond_error(self, writer: ResponseWriter, client_format: str, err: errors.RouterError, allow: str | None = None) -> None:
@@ -319,6 +324,33 @@ class App:
     def render_failure(self, failure: ProtocolFailure) -> tuple[list[tuple[str, str]], bytes]:
         err = _status_error(failure.status, failure.message)
         return [("content-type", "application/json")], json.dumps(CLIENT_FORMATS[_error_format(failure.path)].error_body(err)).encode()
+
+
+class _QuietTimer:
+    """One repeating timer per feed, not one per wait: it ticks every third of
+    `every` seconds and, once nothing was sent for `every`, sets `due` and
+    wakes the feed."""
+
+    def __init__(self, sub: Subscription, every: float) -> None:
+        self._sub = sub
+        self._every = every
+        self._loop = asyncio.get_running_loop()
+        self._last_sent = self._loop.time()
+        self.due = False
+        self._timer = self._loop.call_later(every / 3, self._tick)
+
+    def _tick(self) -> None:
+        if self._loop.time() - self._last_sent >= self._every:
+            self.due = True
+            self._sub.wake()
+        self._timer = self._loop.call_later(self._every / 3, self._tick)
+
+    def sent(self) -> None:
+        self._last_sent = self._loop.time()
+        self.due = False
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 def _error_format(path: str) -> str:

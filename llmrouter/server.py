@@ -93,20 +93,33 @@ class ResponseWriter:
         headers = [SERVER_HEADER, *headers]
         if self._conn.server.closing:
             headers.append(("connection", "close"))
-        self._held = self._conn.serialize(_response(status, headers))
+        if not self._streamed:
+            self._held = self._conn.serialize(_response(status, headers))
+            return
+        # For a body without a length h11 rewrites the framing headers, each
+        # time checking the whole list again (about 150 calls for a stream's
+        # head). It gets the headers it acts on; the others, checked by
+        # `_header`, go in after its status line.
+        framing = [(name, value) for name, value in headers if name.lower() in _FRAMING_HEADERS]
+        lines = b"".join([b"%s: %s\r\n" % _header(name, value) for name, value in headers if name.lower() not in _FRAMING_HEADERS])
+        head = self._conn.serialize(_response(status, framing))
+        status_line = head.index(b"\r\n") + 2
+        self._held = head[:status_line] + lines + head[status_line:]
 
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes, timeout: float | None = None) -> None:
+        """Raises TimeoutError when the client's socket takes none of it for
+        `timeout` seconds (None: waits as long as the client reads slowly)."""
         if self._head_only:
             data = b""
         if self._held:
             data = self._held + self._frame(data) if data else self._held
             self._held = b""
-            await self._conn.write(data)
+            await self._conn.write(data, timeout)
             if self._streamed:  # the rest of the body waits its turn: other requests' heads go first
                 await body_turn()
         elif data:
-            await self._conn.write(self._frame(data))
+            await self._conn.write(self._frame(data), timeout)
 
     def _frame(self, data: bytes) -> bytes:
         return b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else self._conn.serialize(h11.Data(data=data))
@@ -160,13 +173,13 @@ class Connection:
             raise errors.ClientGone()
         return self.h11.send(event) or b""
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, timeout: float | None = None) -> None:
         if self.closed:
             raise errors.ClientGone()
         if not data:
             return
         try:
-            await self.wire.write(data)
+            await self.wire.write(data, timeout)
         except ConnectionError as exc:
             self.h11.send_failed()
             self.closed = True
@@ -282,8 +295,8 @@ class Connection:
         path, _, query = target.partition("?")
         headers: dict[str, str] = {}
         size = len(event.method) + len(event.target) + REQUEST_LINE_EXTRA
-        for name, value in event.headers:
-            key = name.decode("latin-1")
+        for name, value in event.headers.raw_items():  # a list: no call per header, as iterating Headers makes
+            key = name.decode("latin-1").lower()
             size += len(name) + len(value) + HEADER_LINE_EXTRA
             text = value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
@@ -501,6 +514,7 @@ def _header(name: str, value: str) -> tuple[bytes, bytes]:
 
 
 # RFC 7230's token and field-value, as h11 checks them.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})  # what h11 reads of a response
 _FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 

@@ -266,3 +266,21 @@ def test_with_nobody_listening_requests_build_no_events_but_their_record(fake, t
 def post_metrics(url: str) -> bytes:
     with httpcore.ConnectionPool() as pool:
         return pool.request("GET", url + "/metrics", headers={"host": "127.0.0.1"}).content
+
+
+def test_a_quiet_feed_gets_keep_alives(fake, monkeypatch):
+    """The feed's one repeating timer: a comment once nothing was sent for
+    KEEPALIVE_EVERY (up to a third more), and events still flow after it."""
+    from harness import FeedReader
+
+    monkeypatch.setattr(app_module, "KEEPALIVE_EVERY", 0.3)
+    with running_router(config_for(fake.url)) as router:
+        feed = FeedReader(router.port)
+        try:
+            feed.until(b": connected")
+            feed.until(b": keep-alive", count=2)
+            assert post(router.url, {"model": "ok/m", "messages": [{"role": "user", "content": "hi"}]}).status == 200
+            feed.until(b"event: complete")
+            feed.until(b": keep-alive", count=3)  # quiet again
+        finally:
+            feed.close()

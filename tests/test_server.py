@@ -222,6 +222,7 @@ def test_streamed_body_framing_follows_the_clients_http_version(fake):
         head = client.next_event()
         assert isinstance(head, h11.Response) and head.status_code == 200
         assert (b"transfer-encoding", b"chunked") in head.headers
+        assert (b"server", b"llmrouter") in head.headers and (b"content-type", b"text/event-stream") in head.headers
         chunked_body, pieces = b"", 0
         while not isinstance(event := client.next_event(), h11.EndOfMessage):
             assert isinstance(event, h11.Data), event  # a framing error raises in next_event
