@@ -35,11 +35,12 @@ from loadgen import build_request  # noqa: E402
 CHUNKS = 50
 # Calls per small request, and per forwarded event after the request's own
 # share ((stream - small) / CHUNKS), measured as below.
-# Measured at the end of issue 12's round 2 (before it: 1,937, 240 and 257); the
-# paced event (one event per read, 5 ms apart) from round 3 (before it: 272);
-# round 3's plain-chunk reader took the stream events from 48 and 67 to 18 and 37,
-# lazy publishing the small request from 1,700 to 1,650, and the upstream request path to 1,510.
-BUDGET = {"small request": 1510, "same-format event": 20, "cross-format event": 40, "paced event": 180}
+# Measured at the end of issue 12's round 3 (docs/performance.md has each step):
+# round 2 took 1,937, 240 and 257 to 1,700, 50 and 69; round 3 (the wire's
+# watchdog, the plain-chunk reader, lazy publishing, the upstream request
+# path, the stream head's framing headers) to 1,492, 14 and 33, and a paced
+# event from 272 to 173.
+BUDGET = {"small request": 1500, "same-format event": 15, "cross-format event": 34, "paced event": 175}
 MARGIN = 1.10
 SMALL, STREAMS, PACED = 200, 40, 8
 
