@@ -20,7 +20,6 @@ import collections
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ sys.path.insert(0, str(HERE))
 
 import anyio  # noqa: E402
 
+from hotpath import profile_config  # noqa: E402
 from run import free_port, pinned, start_fake  # noqa: E402
 
 
@@ -74,15 +74,8 @@ async def run(args: argparse.Namespace, windows: Windows, count_calls: bool) -> 
     from llmrouter.app import App
 
     fake, fake_port = start_fake(argparse.Namespace(chunks=50, gap_ms=5.0, first_ms=20.0))
-    workdir = tempfile.mkdtemp(prefix="llmrouter-first-event-")
     port = free_port()
-    cfg_path = Path(workdir) / "config.toml"
-    cfg_path.write_text(
-        f'[server]\nport = {port}\n[logging]\nenabled = true\npath = "{workdir}/requests.jsonl"\n'
-        f'[[providers]]\nname = "fake"\nformat = "openai"\nbase_url = "http://127.0.0.1:{fake_port}/v1"\n'
-        '[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "fake"\n'
-    )
-    app = App(config.load(str(cfg_path), environ=os.environ))
+    app = App(config.load(str(profile_config(fake_port, port)), environ=os.environ))
     code = (
         "import asyncio, sys; sys.path.insert(0, %r)\nfrom loadgen import Run, build_request\n"
         "async def m():\n    r = await Run(%d, %d, stream=True, requests=%d, request=build_request(%d, True, model='mock-paced')).go()\n"

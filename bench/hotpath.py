@@ -86,20 +86,26 @@ async def serve_relay(fake_port: int, *, task_status: anyio.abc.TaskStatus[int])
             server.close()
 
 
+def profile_config(fake_port: int, port: int) -> Path:
+    """The config the in-process profilers run the router on: one openai
+    provider (the fake upstream), a prefix rule, the request log on."""
+    workdir = tempfile.mkdtemp(prefix="llmrouter-profile-")
+    path = Path(workdir) / "profile.toml"
+    path.write_text(
+        f'[server]\nport = {port}\n[logging]\nenabled = true\npath = "{workdir}/requests.jsonl"\n'
+        f'[[providers]]\nname = "fake"\nformat = "openai"\nbase_url = "http://127.0.0.1:{fake_port}/v1"\n'
+        '[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "fake"\n'
+    )
+    return path
+
+
 async def profile(args: argparse.Namespace) -> None:
     from llmrouter import config
     from llmrouter.app import App
 
     fake, fake_port = start_fake(argparse.Namespace(chunks=CHUNKS, gap_ms=1.0, first_ms=5.0))
-    workdir = tempfile.mkdtemp(prefix="llmrouter-profile-")
     port = free_port()
-    cfg_path = Path(workdir) / "profile.toml"
-    cfg_path.write_text(
-        f'[server]\nport = {port}\n[logging]\nenabled = true\npath = "{workdir}/requests.jsonl"\n'
-        f'[[providers]]\nname = "fake"\nformat = "openai"\nbase_url = "http://127.0.0.1:{fake_port}/v1"\n'
-        '[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "fake"\n'
-    )
-    cfg = config.load(str(cfg_path), environ=os.environ)
+    cfg = config.load(str(profile_config(fake_port, port)), environ=os.environ)
     app = App(cfg)
     loop = asyncio.get_running_loop()
     selector = loop._selector  # type: ignore[attr-defined]  # counting iterations only

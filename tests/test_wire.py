@@ -19,6 +19,14 @@ async def pair() -> tuple[Wire, Wire, asyncio.AbstractServer]:
     return await accepted, client, server
 
 
+async def read_times_out(wire: Wire, seconds: float) -> None:
+    """A read with nothing to read ends in TimeoutError, not before `seconds`."""
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await wire.read(seconds)
+    assert time.monotonic() - started >= seconds
+
+
 def run(test) -> None:  # type: ignore[no-untyped-def]
     async def bounded() -> None:
         await asyncio.wait_for(test(), 20)  # a broken limit fails the test instead of hanging it
@@ -54,10 +62,7 @@ def test_waits_under_one_limit_share_one_timer() -> None:
 def test_a_read_times_out_after_its_limit() -> None:
     async def test() -> None:
         ours, theirs, server = await pair()
-        started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            await ours.read(0.05)
-        assert time.monotonic() - started >= 0.05
+        await read_times_out(ours, 0.05)
         await theirs.write(b"late")
         assert await ours.read(1) == b"late"  # the wire still works after a timed-out read
         theirs.close()
@@ -81,10 +86,7 @@ def test_a_sooner_limit_moves_the_watchdog_and_a_later_one_waits_for_its_own_tim
         await asyncio.sleep(0)
         await theirs.write(b"c")
         assert await reading == b"c"  # the watchdog stays at ~0.05 s from then
-        started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            await ours.read(0.3)  # the watchdog goes off first and sets itself again for this read
-        assert time.monotonic() - started >= 0.3
+        await read_times_out(ours, 0.3)  # the watchdog goes off first and sets itself again for this read
         theirs.close()
         server.close()
 
