@@ -111,3 +111,56 @@ def test_a_stream_split_anywhere_reads_whole(split):
     whole = HEAD + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
     pieces = [whole[i : i + split] for i in range(0, len(whole), split)]
     assert read_body(pieces, fast=True) == (b"".join(events), "end")
+
+
+def test_many_streams_written_whole_arrive_whole_and_in_order_through_the_fairness_slices():
+    """16 streams of 200 events, each written by the upstream in one write, at
+    once: the router hands each over in slices while others are ready (the
+    rest waits in h11's buffer and is read as plain chunks again next time).
+    Every client gets every event, in order, and its stream's end."""
+    import asyncio
+    import sys
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    import httpcore
+
+    from harness import provider_config, running_router
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from fake_upstream import FakeProtocol, FakeServer
+
+    events = 200
+    started, holder = threading.Event(), {}
+
+    def serve() -> None:
+        loop = asyncio.new_event_loop()
+        server = loop.run_until_complete(loop.create_server(lambda: FakeProtocol(FakeServer(events, 0.0, 0.0)), "127.0.0.1", 0))
+        holder.update(loop=loop, port=server.sockets[0].getsockname()[1])
+        started.set()
+        loop.run_forever()
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    config = "[server]\nport = 0\n" + provider_config(f"http://127.0.0.1:{holder['port']}/v1") + '[[routers]]\ntype = "prefix"\nmodel_prefix = ""\nprovider = "fake"\n'
+    try:
+        with running_router(config) as router, httpcore.ConnectionPool(max_connections=16) as http:
+            def stream(_: int) -> list[int]:
+                body = b'{"model":"mock-fast","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+                reply = http.request("POST", f"http://127.0.0.1:{router.port}/v1/chat/completions", content=body,
+                                     headers={"content-type": "application/json"})
+                assert reply.status == 200, reply.content[:300]
+                assert reply.content.endswith(b"data: [DONE]\n\n")
+                return [int(line.split(b'"content":"tok ', 1)[1].split(b" ")[0]) for line in reply.content.split(b"\n\n") if b'"content":"' in line]
+
+            with ThreadPoolExecutor(16) as pool:
+                for numbers in pool.map(stream, range(32)):
+                    assert numbers == list(range(events))
+    finally:
+        holder["loop"].call_soon_threadsafe(holder["loop"].stop)
+        thread.join(10)
