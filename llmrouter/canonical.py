@@ -56,7 +56,7 @@ class ToolResult:
 
     @property
     def text(self) -> str:
-        return "".join(p.text for p in self.content if isinstance(p, Text))
+        return "".join([p.text for p in self.content if isinstance(p, Text)])
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Message:
 
     @property
     def text(self) -> str:
-        return "".join(p.text for p in self.content if isinstance(p, Text))
+        return "".join([p.text for p in self.content if isinstance(p, Text)])
 
 
 @dataclass
@@ -193,7 +193,7 @@ class Response:
 
     @property
     def text(self) -> str:
-        return "".join(p.text for p in self.content if isinstance(p, Text))
+        return "".join([p.text for p in self.content if isinstance(p, Text)])
 
     @property
     def tool_calls(self) -> list[ToolCall]:
@@ -399,7 +399,7 @@ def part_to_json(part: Part) -> dict[str, Any]:
 
 def message_to_json(message: Message) -> dict[str, Any]:
     """Plain-text messages log as a string (the original's shape); others as parts."""
-    if all(isinstance(p, Text) for p in message.content):
+    if all([isinstance(p, Text) for p in message.content]):  # a list: no generator resumed per part
         return {"role": message.role, "content": message.text}
     return {"role": message.role, "content": [part_to_json(p) for p in message.content]}
 

@@ -42,15 +42,15 @@ def where(path: str, key: str) -> str:
 
 def take(obj: dict[str, Any], key: str, kind: str, path: str = "", required: bool = False) -> Any:
     """obj[key] checked against `kind`; None when absent or null (unless required)."""
-    at = where(path, key)
     value = obj.get(key)
     if value is None:
         if required:
+            at = where(path, key)  # the path only for an error: a valid body costs no call for it
             raise errors.BadRequest(f"{at} is required", param=at)
         return None
     check, expected = KINDS[kind]
     if not check(value):
-        raise bad(at, expected)
+        raise bad(where(path, key), expected)
     return value
 
 
