@@ -27,6 +27,7 @@ import platform
 import re
 import sys
 import zipfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -154,21 +155,21 @@ def marker_holds(marker: str, minor: int) -> bool:
             return version_matches(left, op + right)
         return {"==": left == right, "!=": left != right}.get(op, False)
 
-    def both() -> bool:
+    def joined(word: str, operand: Callable[[], bool]) -> bool:
+        """`operand (word operand)*`, every operand read (they consume tokens)."""
         nonlocal pos
-        result = comparison()
-        while pos < len(tokens) and tokens[pos] == "and":
+        result = operand()
+        while pos < len(tokens) and tokens[pos] == word:
             pos += 1
-            result = comparison() and result
+            right = operand()
+            result = (result and right) if word == "and" else (result or right)
         return result
 
+    def both() -> bool:
+        return joined("and", comparison)
+
     def either() -> bool:
-        nonlocal pos
-        result = both()
-        while pos < len(tokens) and tokens[pos] == "or":
-            pos += 1
-            result = both() or result
-        return result
+        return joined("or", both)
 
     return either()
 

@@ -186,6 +186,23 @@ def raw_http(port: int, data: bytes, *, timeout: float = 5.0, read_until_close: 
         return b"".join(chunks)
 
 
+def raw_request(port: int, method: str, path: str, *, host: str | None = "127.0.0.1", headers: dict[str, str] | None = None,
+                body: bytes = b"", version: str = "HTTP/1.1", timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """One request on a connection of its own, written by hand (any Host, or
+    none); returns the status, the response headers (lower-case names) and the body."""
+    head = [f"{method} {path} {version}", "connection: close"]
+    if host is not None:
+        head.append(f"host: {host}")
+    if body:
+        head.append(f"content-length: {len(body)}")
+    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    raw = raw_http(port, ("\r\n".join(head) + "\r\n\r\n").encode() + body, timeout=timeout)
+    head_bytes, _, rest = raw.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    got = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), got, rest
+
+
 class FeedReader:
     """A /dashboard/events subscriber on a raw socket, read by a thread that
     never stops (a subscriber that stops reading is cut off); `data` grows

@@ -227,20 +227,26 @@ def test_readme_install_command_serves_an_answer(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     subprocess.run([str(venv / "bin" / "python3"), "-m", "pip", "install", "-q", "."], cwd=ROOT, check=True, timeout=600)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    assert_installed_router_answers(str(venv / "bin" / "llmrouter"), work, env, "from the readme")
+
+
+def assert_installed_router_answers(llmrouter: str, workdir: Path, env: dict[str, str], text: str) -> None:
+    """Runs an installed `llmrouter` with no arguments in `workdir` (so on its
+    config.toml, written here for a fake upstream): it answers a chat with
+    `text`, and a SIGTERM stops it cleanly."""
     with FakeUpstream() as fake:
-        work = tmp_path / "work"
-        work.mkdir()
-        (work / "config.toml").write_text(fake_config(fake.url))
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env["FAKE_KEY"] = CANARY
-        proc = subprocess.Popen([str(venv / "bin" / "llmrouter")], cwd=work, env=env, stderr=subprocess.PIPE, text=True)
+        (workdir / "config.toml").write_text(fake_config(fake.url))
+        proc = subprocess.Popen([llmrouter], cwd=workdir, env={**env, "FAKE_KEY": CANARY}, stderr=subprocess.PIPE, text=True)
         try:
             match = re.search(r"listening on (http://\S+)", proc.stderr.readline())
             assert match
-            payload = json.dumps({"model": "m", "messages": [{"role": "user", "content": "from the readme"}]}).encode()
+            payload = json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}).encode()
             with httpcore.ConnectionPool() as pool:
                 response = pool.request("POST", match.group(1) + "/v1/chat/completions", headers={"content-type": "application/json"}, content=payload)
-            assert json.loads(response.content)["choices"][0]["message"]["content"] == "echo: from the readme"
+            assert json.loads(response.content)["choices"][0]["message"]["content"] == f"echo: {text}"
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(10) == 0

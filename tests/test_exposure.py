@@ -21,13 +21,11 @@ import subprocess
 import sys
 import threading
 
-import httpcore
-import pytest
 
 from fakes import FakeUpstream, Reply
-from harness import provider_config, raw_http, running_router
+from harness import provider_config, raw_request, running_router
 from reliability_report import record
-from subproc import ROOT, RouterProcess, environ
+from subproc import RouterProcess, environ
 
 KEY = "rk-exposure-4d1c9b7e2f"
 CHAT = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
@@ -40,15 +38,7 @@ def config_for(url: str, server: str = "") -> str:
 
 
 def request(port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> tuple[int, dict, bytes]:
-    head = [f"{method} {path} HTTP/1.1", "host: 127.0.0.1", "connection: close"]
-    if body:
-        head.append(f"content-length: {len(body)}")
-    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    raw = raw_http(port, ("\r\n".join(head) + "\r\n\r\n").encode() + body, timeout=5)
-    head_bytes, _, rest = raw.partition(b"\r\n\r\n")
-    lines = head_bytes.decode("latin-1").split("\r\n")
-    got = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), got, rest
+    return raw_request(port, method, path, headers=headers, body=body, timeout=5)
 
 
 # --- binding and the client key ------------------------------------------------------

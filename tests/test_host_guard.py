@@ -18,7 +18,7 @@ import json
 import time
 
 from fakes import FakeUpstream
-from harness import provider_config, raw_http, running_router
+from harness import provider_config, raw_http, raw_request, running_router
 from llmrouter.app import HostGuard
 
 KEY = "rk-host-guard-8e1f3a5c7b"
@@ -47,17 +47,9 @@ def config_for(url: str, server: str = "", log: str = "") -> str:
 
 def request(port: int, method: str, path: str, host: str | None, headers: dict[str, str] | None = None,
             body: bytes = b"", version: str = "HTTP/1.1") -> tuple[int, dict[str, str], bytes]:
-    head = [f"{method} {path} {version}", "connection: close"]
-    if host is not None:
-        head.append(f"host: {host}")
     if body:
-        head += ["content-type: application/json", f"content-length: {len(body)}"]
-    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    raw = raw_http(port, ("\r\n".join(head) + "\r\n\r\n").encode() + body, timeout=10)
-    head_bytes, _, rest = raw.partition(b"\r\n\r\n")
-    lines = head_bytes.decode("latin-1").split("\r\n")
-    got = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), got, rest
+        headers = {"content-type": "application/json", **(headers or {})}
+    return raw_request(port, method, path, host=host, headers=headers, body=body, version=version)
 
 
 def feed_status(port: int, host: str, query: str = "") -> int:

@@ -4,20 +4,16 @@ no pip configuration, so nothing but the wheelhouse can be found)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import httpcore
 import pytest
 
-from fakes import FakeUpstream
-from test_cli import CANARY, fake_config
+from test_cli import assert_installed_router_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = 'pipx install --pip-args="--no-index --find-links wheels" llmrouter'
@@ -52,17 +48,5 @@ def test_the_documented_commands_install_from_the_wheelhouse_alone(tmp_path):
     version = subprocess.run([llmrouter, "--version"], env=env, capture_output=True, text=True, timeout=30)
     assert version.returncode == 0 and f"running from the package {home}/venvs/llmrouter/" in version.stdout, version
 
-    with FakeUpstream() as fake:
-        (tmp_path / "config.toml").write_text(fake_config(fake.url))
-        proc = subprocess.Popen([llmrouter], cwd=tmp_path, env={**env, "FAKE_KEY": CANARY}, stderr=subprocess.PIPE, text=True)
-        try:
-            match = re.search(r"listening on (http://\S+)", proc.stderr.readline())
-            assert match
-            body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "from the wheelhouse"}]}).encode()
-            with httpcore.ConnectionPool() as pool:
-                response = pool.request("POST", match.group(1) + "/v1/chat/completions", headers={"content-type": "application/json"}, content=body)
-            assert json.loads(response.content)["choices"][0]["message"]["content"] == "echo: from the wheelhouse"
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(10) == 0
+    assert_installed_router_answers(llmrouter, tmp_path, env, "from the wheelhouse")
     shutil.rmtree(home, ignore_errors=True)
